@@ -1,0 +1,237 @@
+// Package cache is a bounded LRU cache of fixed-size blocks of a file, with
+// dirty tracking and ordered write-back. It knows nothing of qcow2: callers
+// give it a loader and a writer, and may declare that this cache's dirty
+// blocks must not reach the disk before another cache's (DependOn).
+//
+// The cache is not safe for concurrent use on its own; callers serialise
+// access (the qcow2 image holds its metadata lock around every call).
+package cache
+
+import (
+	"container/list"
+	"fmt"
+)
+
+// Block is one cached block. Data is owned by the cache; callers may modify
+// it in place and must then call MarkDirty.
+type Block struct {
+	Key   uint64
+	Data  []byte
+	dirty bool
+	elem  *list.Element
+}
+
+// Dirty reports whether the block has changes not yet written back.
+func (b *Block) Dirty() bool { return b.dirty }
+
+// Loader fills buf with the block at key.
+type Loader func(key uint64, buf []byte) error
+
+// Writer writes a dirty block back.
+type Writer func(key uint64, buf []byte) error
+
+// Cache is an LRU cache of blocks of one size.
+type Cache struct {
+	blockSize int
+	capacity  int
+	load      Loader
+	write     Writer
+	blocks    map[uint64]*Block
+	lru       *list.List // front = most recently used
+	nDirty    int
+
+	dep     *Cache       // must be flushed before any of our dirty blocks is written
+	barrier func() error // called after flushing dep (e.g. fdatasync)
+
+	free [][]byte // recycled buffers
+
+	Hits, Misses uint64
+}
+
+// New returns a cache holding at most capacity blocks of blockSize bytes.
+// write may be nil for a read-only cache.
+func New(capacity, blockSize int, load Loader, write Writer) *Cache {
+	if capacity < 2 {
+		capacity = 2
+	}
+	return &Cache{
+		blockSize: blockSize,
+		capacity:  capacity,
+		load:      load,
+		write:     write,
+		blocks:    make(map[uint64]*Block),
+		lru:       list.New(),
+	}
+}
+
+// BlockSize returns the size of every block.
+func (c *Cache) BlockSize() int { return c.blockSize }
+
+// Len returns the number of cached blocks.
+func (c *Cache) Len() int { return len(c.blocks) }
+
+// DependOn declares that other's dirty blocks must be written back (followed
+// by barrier, if not nil) before any dirty block of c is written.
+func (c *Cache) DependOn(other *Cache, barrier func() error) {
+	c.dep = other
+	c.barrier = barrier
+}
+
+// Get returns the block at key, loading it on a miss.
+func (c *Cache) Get(key uint64) (*Block, error) {
+	if b, ok := c.blocks[key]; ok {
+		c.Hits++
+		c.lru.MoveToFront(b.elem)
+		return b, nil
+	}
+	c.Misses++
+	buf, err := c.newBuf()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.load(key, buf); err != nil {
+		c.free = append(c.free, buf)
+		return nil, err
+	}
+	return c.insert(key, buf), nil
+}
+
+// Peek returns the block at key if it is cached, without loading it.
+func (c *Cache) Peek(key uint64) *Block {
+	return c.blocks[key]
+}
+
+// Put installs a block whose content the caller provides (a new table, say),
+// replacing any cached copy. The returned block is zeroed; fill it and
+// MarkDirty as needed.
+func (c *Cache) Put(key uint64) (*Block, error) {
+	if b, ok := c.blocks[key]; ok {
+		clear(b.Data)
+		c.lru.MoveToFront(b.elem)
+		return b, nil
+	}
+	buf, err := c.newBuf()
+	if err != nil {
+		return nil, err
+	}
+	clear(buf)
+	return c.insert(key, buf), nil
+}
+
+// MarkDirty records that b must be written back.
+func (c *Cache) MarkDirty(b *Block) {
+	if !b.dirty {
+		b.dirty = true
+		c.nDirty++
+	}
+}
+
+// NumDirty returns the number of dirty blocks.
+func (c *Cache) NumDirty() int { return c.nDirty }
+
+// Drop forgets the block at key without writing it back (its cluster was
+// freed).
+func (c *Cache) Drop(key uint64) {
+	b, ok := c.blocks[key]
+	if !ok {
+		return
+	}
+	if b.dirty {
+		c.nDirty--
+	}
+	c.lru.Remove(b.elem)
+	delete(c.blocks, key)
+	c.free = append(c.free, b.Data)
+}
+
+// Flush writes back every dirty block, after flushing the cache it depends on.
+func (c *Cache) Flush() error {
+	if c.nDirty == 0 {
+		return nil
+	}
+	if err := c.flushDep(); err != nil {
+		return err
+	}
+	for e := c.lru.Back(); e != nil; e = e.Prev() {
+		b := e.Value.(*Block)
+		if b.dirty {
+			if err := c.writeBack(b); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Invalidate drops every clean block and returns an error if dirty ones remain.
+func (c *Cache) Invalidate() error {
+	for k, b := range c.blocks {
+		if !b.dirty {
+			c.Drop(k)
+		}
+	}
+	if c.nDirty > 0 {
+		return fmt.Errorf("cache: %d dirty blocks left", c.nDirty)
+	}
+	return nil
+}
+
+func (c *Cache) flushDep() error {
+	if c.dep == nil || c.dep.nDirty == 0 {
+		return nil
+	}
+	if err := c.dep.Flush(); err != nil {
+		return err
+	}
+	if c.barrier != nil {
+		return c.barrier()
+	}
+	return nil
+}
+
+func (c *Cache) writeBack(b *Block) error {
+	if c.write == nil {
+		return fmt.Errorf("cache: dirty block %#x in a read-only cache", b.Key)
+	}
+	if err := c.write(b.Key, b.Data); err != nil {
+		return err
+	}
+	b.dirty = false
+	c.nDirty--
+	return nil
+}
+
+func (c *Cache) insert(key uint64, buf []byte) *Block {
+	b := &Block{Key: key, Data: buf}
+	b.elem = c.lru.PushFront(b)
+	c.blocks[key] = b
+	return b
+}
+
+// newBuf returns a buffer for a new block, evicting the least recently used
+// block when the cache is full. A dirty victim is written back first (after
+// the dependency flush); if that fails the cache grows past its capacity
+// rather than lose data, and the error is returned.
+func (c *Cache) newBuf() ([]byte, error) {
+	if len(c.blocks) >= c.capacity {
+		for e := c.lru.Back(); e != nil; e = e.Prev() {
+			b := e.Value.(*Block)
+			if b.dirty {
+				if err := c.flushDep(); err != nil {
+					return nil, err
+				}
+				if err := c.writeBack(b); err != nil {
+					return nil, err
+				}
+			}
+			c.Drop(b.Key)
+			break
+		}
+	}
+	if n := len(c.free); n > 0 {
+		buf := c.free[n-1]
+		c.free = c.free[:n-1]
+		return buf, nil
+	}
+	return make([]byte, c.blockSize), nil
+}

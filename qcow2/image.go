@@ -1,0 +1,539 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/qcow2fs/qcow2fs/cache"
+)
+
+// layer is one readable level of a backing chain: a qcow2 image or a raw file.
+type layer interface {
+	// readAt fills all of p; bytes past the layer's size read as zeros.
+	readAt(p []byte, off int64) error
+	Size() int64
+	// blockStatus describes [off, off+n) (clipped to the layer's size
+	// by the caller) with Depth relative to this layer.
+	blockStatus(off, n int64) ([]Extent, error)
+	Info() *Info
+	Close() error
+}
+
+const maxChainDepth = 64
+
+// shared is the state of one image file, shared by the active view and the
+// read-only views of its internal snapshots.
+type shared struct {
+	path   string
+	f      *os.File // the image file
+	dataF  *os.File // where guest data lives: f, or the external data file
+	ro     bool
+	warn   func(string)
+	hdr    Header
+	exts   []Extension
+	g      geometry
+	compr  uint8
+	extL2  bool
+	rawExt bool // external data file with data_file_raw
+
+	featureNames []FeatureName
+	backingName  string
+	backingPath  string
+	backingFmt   string
+	dataFileName string
+	dataFilePath string
+	bitmaps      []string
+
+	backing layer
+	snaps   []snapshot
+
+	// mu serialises metadata: the caches, L1/refcount tables, allocation.
+	mu  sync.Mutex
+	l2c *cache.Cache // L2 table slices, keyed by host offset
+	zc  *cache.Cache // decompressed clusters, keyed by compressed descriptor
+	rc  *cache.Cache // refcount blocks, keyed by host offset
+
+	closed bool
+	refs   int // views open on this file
+}
+
+// Image is an open qcow2 image (or a read-only view of one of its internal
+// snapshots). Its methods are safe for concurrent use.
+type Image struct {
+	s        *shared
+	ro       bool
+	size     int64
+	l1       []uint64
+	l1Offset int64
+	snapshot string // name of the snapshot this view shows, "" for the active image
+	w        *writer
+}
+
+// Open opens a qcow2 image and its backing chain.
+func Open(path string, opts OpenOptions) (*Image, error) {
+	return openChain(path, opts, nil)
+}
+
+func openChain(path string, opts OpenOptions, seen map[string]bool) (*Image, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	if seen == nil {
+		seen = map[string]bool{}
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if seen[real] {
+		return nil, formatErr(abs, "backing chain loops back to this file")
+	}
+	if len(seen) >= maxChainDepth {
+		return nil, formatErr(abs, "backing chain deeper than %d images", maxChainDepth)
+	}
+	seen[real] = true
+	flag := os.O_RDWR
+	if opts.ReadOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := openNoAtime(abs, flag)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", abs, err)
+	}
+	s := &shared{path: abs, f: f, dataF: f, ro: opts.ReadOnly, warn: opts.Warn, refs: 1}
+	if s.warn == nil {
+		s.warn = func(string) {}
+	}
+	img, err := s.open(opts, seen)
+	if err != nil {
+		s.closeFiles()
+		return nil, err
+	}
+	return img, nil
+}
+
+func (s *shared) closeFiles() {
+	if s.backing != nil {
+		s.backing.Close()
+	}
+	if s.dataF != nil && s.dataF != s.f {
+		s.dataF.Close()
+	}
+	s.f.Close()
+}
+
+func (s *shared) fileSize() (int64, error) {
+	st, err := s.f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
+}
+
+func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
+	fsize, err := s.fileSize()
+	if err != nil {
+		return nil, fmt.Errorf("stat %s: %w", s.path, err)
+	}
+	buf := make([]byte, 512)
+	n, err := s.f.ReadAt(buf, 0)
+	if err != nil && err != io.EOF {
+		return nil, fmt.Errorf("read header of %s: %w", s.path, err)
+	}
+	h, err := parseHeader(buf[:n])
+	if err != nil {
+		return nil, formatErr(s.path, "%v", err)
+	}
+	s.hdr = h
+	if h.ClusterBits < minClusterBits || h.ClusterBits > maxClusterBits {
+		return nil, formatErr(s.path, "cluster_bits %d outside the supported range %d..%d", h.ClusterBits, minClusterBits, maxClusterBits)
+	}
+	cs := int64(1) << h.ClusterBits
+	if int64(h.HeaderLength) > cs {
+		return nil, formatErr(s.path, "header_length %d larger than a cluster", h.HeaderLength)
+	}
+	// Read the whole first cluster: extensions and the backing file name live there.
+	first := make([]byte, cs)
+	n, err = s.f.ReadAt(first, 0)
+	if err != nil && err != io.EOF {
+		return nil, fmt.Errorf("read header of %s: %w", s.path, err)
+	}
+	first = first[:n]
+	if int64(n) < int64(h.HeaderLength) {
+		return nil, formatErr(s.path, "file truncated inside the header")
+	}
+	switch h.CryptMethod {
+	case 0:
+	case 1:
+		return nil, formatErr(s.path, "AES-encrypted images are not supported")
+	case 2:
+		return nil, formatErr(s.path, "LUKS-encrypted images are not supported")
+	default:
+		return nil, formatErr(s.path, "unknown encryption method %d", h.CryptMethod)
+	}
+
+	// Extensions (v2 images may carry them too).
+	extEnd := len(first)
+	if h.BackingFileOffset != 0 && h.BackingFileOffset < uint64(extEnd) && h.BackingFileOffset > uint64(h.HeaderLength) {
+		extEnd = int(h.BackingFileOffset)
+	}
+	if int(h.HeaderLength) < extEnd {
+		s.exts, err = parseExtensions(first[h.HeaderLength:extEnd])
+		if err != nil {
+			return nil, formatErr(s.path, "%v", err)
+		}
+	}
+	for _, e := range s.exts {
+		switch e.Type {
+		case ExtBackingFmt:
+			s.backingFmt = cString(e.Data)
+		case ExtFeatureTable:
+			s.featureNames = parseFeatureTable(e.Data)
+		case ExtDataFile:
+			s.dataFileName = cString(e.Data)
+		case ExtCrypto:
+			return nil, formatErr(s.path, "encrypted images are not supported (encryption header present)")
+		case ExtBitmaps:
+			// Names are read lazily by Info; presence is enough here.
+		}
+	}
+
+	if unknown := h.IncompatibleFeatures &^ incompatKnown; unknown != 0 {
+		return nil, formatErr(s.path, "unsupported incompatible features: %s", s.featureList(0, unknown))
+	}
+	if h.IncompatibleFeatures&IncompatCorrupt != 0 {
+		if !s.ro {
+			return nil, formatErr(s.path, "image is marked corrupt; open it read-only (--ro) or repair it (qemu-img check -r all)")
+		}
+		s.warn(fmt.Sprintf("%s: image is marked corrupt; reading it read-only", s.path))
+	}
+	if h.RefcountOrder > 6 {
+		return nil, formatErr(s.path, "refcount_order %d too large (max 6)", h.RefcountOrder)
+	}
+	s.extL2 = h.IncompatibleFeatures&IncompatExtendedL2 != 0
+	if s.extL2 && h.ClusterBits < 14 {
+		return nil, formatErr(s.path, "extended L2 entries need clusters of at least 16 KiB (cluster_bits %d)", h.ClusterBits)
+	}
+	s.g = newGeometry(uint(h.ClusterBits), s.extL2)
+	if h.IncompatibleFeatures&IncompatCompression != 0 {
+		if h.HeaderLength <= 104 {
+			return nil, formatErr(s.path, "compression type bit set but header too short for the compression_type field")
+		}
+		if h.CompressionType != CompressionZlib && h.CompressionType != CompressionZstd {
+			return nil, formatErr(s.path, "unknown compression type %d", h.CompressionType)
+		}
+		if h.CompressionType == CompressionZlib {
+			return nil, formatErr(s.path, "compression type bit set for zlib")
+		}
+	} else if h.CompressionType != CompressionZlib {
+		return nil, formatErr(s.path, "compression type %d without the compression type feature bit", h.CompressionType)
+	}
+	s.compr = h.CompressionType
+	if h.Size > 1<<62 {
+		return nil, formatErr(s.path, "virtual size %d too large", h.Size)
+	}
+
+	// L1 table.
+	if int64(h.L1Size)*8 > maxL1Bytes {
+		return nil, formatErr(s.path, "L1 table too large (%d entries, QEMU's limit is %d)", h.L1Size, maxL1Bytes/8)
+	}
+	if need := s.g.l1EntriesFor(int64(h.Size)); int64(h.L1Size) < need {
+		return nil, formatErr(s.path, "L1 table too small for the virtual size (%d entries, %d needed)", h.L1Size, need)
+	}
+	if err := s.checkTable("L1 table", h.L1TableOffset, int64(h.L1Size)*8, fsize); err != nil {
+		return nil, err
+	}
+	// Refcount table.
+	if int64(h.RefcountTableClusters)*cs > maxRefTableBytes {
+		return nil, formatErr(s.path, "refcount table too large (%d clusters)", h.RefcountTableClusters)
+	}
+	if err := s.checkTable("refcount table", h.RefcountTableOffset, int64(h.RefcountTableClusters)*cs, fsize); err != nil {
+		return nil, err
+	}
+	if h.RefcountTableClusters == 0 {
+		return nil, formatErr(s.path, "image has no refcount table")
+	}
+	// Snapshot table location (entries are parsed below).
+	if h.NbSnapshots > maxSnapshots {
+		return nil, formatErr(s.path, "too many snapshots (%d)", h.NbSnapshots)
+	}
+	if h.NbSnapshots > 0 {
+		if err := s.checkTable("snapshot table", h.SnapshotsOffset, 1, fsize); err != nil {
+			return nil, err
+		}
+	}
+
+	// Backing file name.
+	if h.BackingFileOffset != 0 {
+		if h.BackingFileSize > maxBackingNameLen {
+			return nil, formatErr(s.path, "backing file name too long (%d bytes)", h.BackingFileSize)
+		}
+		end := h.BackingFileOffset + uint64(h.BackingFileSize)
+		if end > uint64(len(first)) || h.BackingFileOffset > uint64(len(first)) {
+			return nil, formatErr(s.path, "backing file name lies outside the first cluster")
+		}
+		s.backingName = string(first[h.BackingFileOffset:end])
+	}
+
+	// Caches.
+	cacheBytes := opts.CacheSize
+	if cacheBytes <= 0 {
+		cacheBytes = DefaultCacheSize
+	}
+	slice := l2SliceSize(s.g)
+	s.l2c = cache.New(int(cacheBytes/slice), int(slice), s.loadBlock, s.writeBlock)
+	zEntries := int(max(4, (8<<20)/cs))
+	s.zc = cache.New(zEntries, int(cs), s.loadCompressed, nil)
+	s.rc = cache.New(int(max(16, (4<<20)/cs)), int(cs), s.loadBlock, s.writeBlock)
+	s.l2c.DependOn(s.rc, s.syncMeta)
+
+	// External data file.
+	if h.IncompatibleFeatures&IncompatDataFile != 0 {
+		if s.dataFileName == "" {
+			return nil, formatErr(s.path, "image needs an external data file but names none")
+		}
+		if opts.NoDataFile {
+			return nil, formatErr(s.path, "image uses external data file %q and external files are disabled", s.dataFileName)
+		}
+		s.dataFilePath = resolveRelative(s.path, s.dataFileName)
+		flag := os.O_RDWR
+		if s.ro {
+			flag = os.O_RDONLY
+		}
+		df, err := openNoAtime(s.dataFilePath, flag)
+		if err != nil {
+			return nil, formatErr(s.path, "open external data file: %v", err)
+		}
+		s.dataF = df
+		s.rawExt = h.AutoclearFeatures&AutoclearDataFileRaw != 0
+	} else if s.dataFileName != "" {
+		return nil, formatErr(s.path, "external data file name present without the external data file feature")
+	}
+
+	// Snapshots.
+	if err := s.loadSnapshots(fsize); err != nil {
+		return nil, err
+	}
+
+	// Backing chain.
+	if s.backingName != "" {
+		if opts.NoBacking {
+			return nil, formatErr(s.path, "image has backing file %q and backing files are disabled", s.backingName)
+		}
+		if s.dataFileName != "" && s.rawExt {
+			// QEMU allows this combination; nothing special for reads.
+		}
+		s.backingPath = resolveRelative(s.path, s.backingName)
+		bopts := opts
+		bopts.ReadOnly = true
+		b, err := openLayer(s.backingPath, s.backingFmt, bopts, seen)
+		if err != nil {
+			return nil, fmt.Errorf("%s: backing file: %w", s.path, err)
+		}
+		s.backing = b
+	}
+
+	// Active L1 table.
+	l1, err := s.readL1(int64(h.L1TableOffset), int64(h.L1Size))
+	if err != nil {
+		return nil, err
+	}
+	img := &Image{s: s, ro: s.ro, size: int64(h.Size), l1: l1, l1Offset: int64(h.L1TableOffset)}
+	if !s.ro {
+		img.w = newWriter(img)
+	}
+	return img, nil
+}
+
+// DefaultCacheSize is the default L2 cache budget: it maps 256 GiB of a
+// 64 KiB-cluster image at once, and random I/O over larger images costs one
+// small slice read per miss.
+const DefaultCacheSize = 32 << 20
+
+// l2SliceSize is the unit in which L2 tables are cached: 4 KiB slices so a
+// miss reads 4 KiB, not a whole (up to 2 MiB) table.
+func l2SliceSize(g geometry) int64 { return min(g.clusterSize, 4096) }
+
+func (s *shared) checkTable(what string, off uint64, length int64, fsize int64) error {
+	if off%uint64(s.g.clusterSize) != 0 || off == 0 && length > 0 {
+		return formatErr(s.path, "%s offset %#x is not cluster-aligned", what, off)
+	}
+	if off > uint64(fsize) || uint64(length) > uint64(fsize)-off {
+		return formatErr(s.path, "%s at %#x (+%d bytes) lies past the end of the file (%d bytes)", what, off, length, fsize)
+	}
+	return nil
+}
+
+func (s *shared) readL1(off, entries int64) ([]uint64, error) {
+	raw := make([]byte, entries*8)
+	if _, err := s.f.ReadAt(raw, off); err != nil {
+		return nil, fmt.Errorf("read L1 table of %s at %#x: %w", s.path, off, err)
+	}
+	l1 := make([]uint64, entries)
+	for i := range l1 {
+		l1[i] = binary.BigEndian.Uint64(raw[i*8:])
+	}
+	return l1, nil
+}
+
+func (s *shared) loadBlock(key uint64, buf []byte) error {
+	n, err := s.f.ReadAt(buf, int64(key))
+	if err == io.EOF && n > 0 {
+		clear(buf[n:])
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read metadata at %#x of %s: %w", key, s.path, err)
+	}
+	return nil
+}
+
+func (s *shared) writeBlock(key uint64, buf []byte) error {
+	if _, err := s.f.WriteAt(buf, int64(key)); err != nil {
+		return fmt.Errorf("write metadata at %#x of %s: %w", key, s.path, err)
+	}
+	return nil
+}
+
+func (s *shared) syncMeta() error { return fdatasync(s.f) }
+
+func (s *shared) featureList(typ uint8, bits uint64) string {
+	out := ""
+	for b := uint8(0); b < 64; b++ {
+		if bits&(1<<b) == 0 {
+			continue
+		}
+		name := ""
+		for _, fn := range s.featureNames {
+			if fn.Type == typ && fn.Bit == b {
+				name = fn.Name
+			}
+		}
+		if name == "" {
+			name = builtinFeatureNames[[2]uint8{typ, b}]
+		}
+		if name == "" {
+			name = fmt.Sprintf("unknown feature bit %d", b)
+		} else {
+			name = fmt.Sprintf("%s (bit %d)", name, b)
+		}
+		if out != "" {
+			out += ", "
+		}
+		out += name
+	}
+	return out
+}
+
+func cString(b []byte) string {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i])
+		}
+	}
+	return string(b)
+}
+
+// resolveRelative resolves a file name stored in an image against the
+// image's directory, as QEMU does.
+func resolveRelative(imagePath, name string) string {
+	if filepath.IsAbs(name) {
+		return name
+	}
+	return filepath.Join(filepath.Dir(imagePath), name)
+}
+
+// openLayer opens a backing file read-only as qcow2 or raw.
+func openLayer(path, format string, opts OpenOptions, seen map[string]bool) (layer, error) {
+	if format == "" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		var m [4]byte
+		n, _ := f.ReadAt(m[:], 0)
+		f.Close()
+		if n == 4 && binary.BigEndian.Uint32(m[:]) == Magic {
+			format = "qcow2"
+		} else {
+			format = "raw"
+		}
+	}
+	switch format {
+	case "qcow2":
+		return openChain(path, opts, seen)
+	case "raw":
+		return openRaw(path)
+	default:
+		return nil, fmt.Errorf("%s: backing format %q is not supported (qcow2 and raw are)", path, format)
+	}
+}
+
+// Path returns the image's absolute path.
+func (img *Image) Path() string { return img.s.path }
+
+// Size returns the virtual disk size in bytes.
+func (img *Image) Size() int64 { return img.size }
+
+// ClusterSize returns the cluster size in bytes.
+func (img *Image) ClusterSize() int64 { return img.s.g.clusterSize }
+
+// ReadOnly reports whether writes are refused.
+func (img *Image) ReadOnly() bool { return img.ro }
+
+// SnapshotName returns the snapshot this view shows ("" for the active image).
+func (img *Image) SnapshotName() string { return img.snapshot }
+
+// Files returns every host file the image reads: the image, its external
+// data file and the whole backing chain.
+func (img *Image) Files() []string {
+	out := []string{img.s.path}
+	if img.s.dataFilePath != "" {
+		out = append(out, img.s.dataFilePath)
+	}
+	if b, ok := img.s.backing.(*Image); ok {
+		out = append(out, b.Files()...)
+	} else if r, ok := img.s.backing.(*rawLayer); ok {
+		out = append(out, r.path)
+	}
+	return out
+}
+
+// HostBytes returns the bytes the image's files (image and external data
+// file, not the backing chain) occupy on the host file system.
+func (img *Image) HostBytes() int64 {
+	total := allocatedBytes(img.s.f)
+	if img.s.dataF != img.s.f {
+		total += allocatedBytes(img.s.dataF)
+	}
+	return total
+}
+
+// Close flushes (when writable) and closes the image and its chain. Views of
+// snapshots share the file; it is closed with the last view.
+func (img *Image) Close() error {
+	s := img.s
+	var err error
+	if img.w != nil {
+		err = img.w.close()
+	}
+	s.mu.Lock()
+	s.refs--
+	last := s.refs == 0
+	if last {
+		s.closed = true
+	}
+	s.mu.Unlock()
+	if last {
+		s.closeFiles()
+	}
+	return err
+}
+
+var errShortRead = errors.New("short read")

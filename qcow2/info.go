@@ -1,0 +1,95 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"sort"
+)
+
+// Info describes the image and, through Backing, every layer of its chain.
+func (img *Image) Info() *Info {
+	s := img.s
+	h := s.hdr
+	in := &Info{
+		Filename:      s.path,
+		Format:        "qcow2",
+		Version:       h.Version,
+		VirtualSize:   img.size,
+		ActualSize:    img.HostBytes(),
+		ClusterSize:   s.g.clusterSize,
+		RefcountBits:  1 << h.RefcountOrder,
+		LazyRefcounts: h.CompatibleFeatures&CompatLazyRefcounts != 0,
+		ExtendedL2:    s.extL2,
+		Dirty:         h.IncompatibleFeatures&IncompatDirty != 0,
+		Corrupt:       h.IncompatibleFeatures&IncompatCorrupt != 0,
+		DataFile:      s.dataFileName,
+		DataFileRaw:   s.rawExt,
+		BackingFile:   s.backingName,
+		BackingFormat: s.backingFmt,
+		Bitmaps:       s.bitmapNames(),
+		Snapshots:     img.Snapshots(),
+	}
+	if s.backingName != "" {
+		in.BackingFullPath = s.backingPath
+	}
+	in.CompressionType = "zlib"
+	if s.compr == CompressionZstd {
+		in.CompressionType = "zstd"
+	}
+	for typ, bits := range []uint64{h.IncompatibleFeatures, h.CompatibleFeatures, h.AutoclearFeatures} {
+		for b := uint8(0); b < 64; b++ {
+			if bits&(1<<b) != 0 {
+				name := builtinFeatureNames[[2]uint8{uint8(typ), b}]
+				for _, fn := range s.featureNames {
+					if fn.Type == uint8(typ) && fn.Bit == b && fn.Name != "" {
+						name = fn.Name
+					}
+				}
+				if name == "" {
+					name = "unknown"
+				}
+				in.Features = append(in.Features, name)
+			}
+		}
+	}
+	sort.Strings(in.Features)
+	if s.backing != nil {
+		in.Backing = s.backing.Info()
+	}
+	return in
+}
+
+// bitmapNames reads the names from the bitmap directory, best effort.
+func (s *shared) bitmapNames() []string {
+	var ext []byte
+	for _, e := range s.exts {
+		if e.Type == ExtBitmaps {
+			ext = e.Data
+		}
+	}
+	if len(ext) < 24 {
+		return nil
+	}
+	be := binary.BigEndian
+	nb := be.Uint32(ext[0:])
+	dirSize := be.Uint64(ext[8:])
+	dirOff := be.Uint64(ext[16:])
+	if dirSize > 64<<20 || nb > 65535 {
+		return nil
+	}
+	dir := make([]byte, dirSize)
+	if _, err := s.f.ReadAt(dir, int64(dirOff)); err != nil {
+		return nil
+	}
+	var names []string
+	for off := uint64(0); len(names) < int(nb) && off+24 <= dirSize; {
+		extraSize := uint64(be.Uint32(dir[off+12:]))
+		nameSize := uint64(be.Uint16(dir[off+18:]))
+		start := off + 24 + extraSize
+		if start+nameSize > dirSize {
+			break
+		}
+		names = append(names, string(dir[start:start+nameSize]))
+		off = (start + nameSize + 7) &^ 7
+	}
+	return names
+}

@@ -1,0 +1,226 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// run is a stretch of guest bytes with one treatment, produced by mapRuns.
+type run struct {
+	kind   clusterKind
+	off    int64  // guest offset
+	length int64  //
+	host   int64  // kindNormal: host offset of the first byte
+	desc   uint64 // kindCompressed: the L2 entry; off is inside that cluster
+	skip   int64  // kindCompressed: offset inside the decompressed cluster
+}
+
+// l1Entry returns the L2 table offset for L1 index i, 0 if unallocated.
+func (img *Image) l2TableOffset(i int64) (int64, error) {
+	if i >= int64(len(img.l1)) {
+		return 0, nil
+	}
+	off := int64(img.l1[i] & l1EntryOffsetMask)
+	if off&(img.s.g.clusterSize-1) != 0 {
+		return 0, img.s.corruptf("L1 entry %d: L2 table offset %#x is not cluster-aligned", i, off)
+	}
+	return off, nil
+}
+
+// lookup returns the L2 entry of guest cluster c. Caller holds s.mu.
+func (img *Image) lookup(c int64) (l2Entry, error) {
+	s := img.s
+	g := &s.g
+	l2off, err := img.l2TableOffset(g.l1Index(c))
+	if err != nil || l2off == 0 {
+		return l2Entry{}, err
+	}
+	pos := g.l2Index(c) * g.l2EntrySize
+	slice := l2SliceSize(*g)
+	blk, err := s.l2c.Get(uint64(l2off + pos/slice*slice))
+	if err != nil {
+		return l2Entry{}, err
+	}
+	in := pos % slice
+	e := l2Entry{word: binary.BigEndian.Uint64(blk.Data[in:])}
+	if g.l2EntrySize == 16 {
+		e.bitmap = binary.BigEndian.Uint64(blk.Data[in+8:])
+	}
+	return e, nil
+}
+
+// mapRuns describes [off, off+n) as runs, merging neighbours that can be
+// served by one I/O. Caller holds s.mu.
+func (img *Image) mapRuns(off, n int64, out []run) ([]run, error) {
+	g := &img.s.g
+	var err error
+	add := func(r run) {
+		if k := len(out) - 1; k >= 0 {
+			last := &out[k]
+			if last.kind == r.kind && last.off+last.length == r.off {
+				switch r.kind {
+				case kindZero, kindUnallocated:
+					last.length += r.length
+					return
+				case kindNormal:
+					if last.host+last.length == r.host {
+						last.length += r.length
+						return
+					}
+				}
+			}
+		}
+		out = append(out, r)
+	}
+	g.splitRange(off, n, func(p piece) bool {
+		var e l2Entry
+		e, err = img.lookup(p.cluster)
+		if err != nil {
+			return false
+		}
+		gOff := p.cluster<<g.clusterBits + p.skip
+		if e.compressed() {
+			add(run{kind: kindCompressed, off: gOff, length: p.length, desc: e.word, skip: p.skip})
+			return true
+		}
+		if g.subclusters == 1 {
+			var k clusterKind
+			k, err = e.kind(g, 0)
+			if err != nil {
+				err = img.s.corruptf("guest cluster %d: %v", p.cluster, err)
+				return false
+			}
+			add(run{kind: k, off: gOff, length: p.length, host: e.hostOffset() + p.skip})
+			return true
+		}
+		// Extended L2: one run per subcluster touched.
+		subSize := int64(1) << g.subclusterBits
+		for done := int64(0); done < p.length; {
+			in := p.skip + done
+			i := int(in >> g.subclusterBits)
+			l := min(subSize-in&(subSize-1), p.length-done)
+			var k clusterKind
+			k, err = e.kind(g, i)
+			if err != nil {
+				err = img.s.corruptf("guest cluster %d: %v", p.cluster, err)
+				return false
+			}
+			add(run{kind: k, off: gOff + done, length: l, host: e.hostOffset() + in})
+			done += l
+		}
+		return true
+	})
+	return out, err
+}
+
+// ReadAt reads len(p) bytes of the virtual disk at off. Reads that cross the
+// end of the disk are short with io.EOF.
+func (img *Image) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("negative offset %d", off)
+	}
+	if off >= img.size {
+		return 0, io.EOF
+	}
+	n := int64(len(p))
+	var eof error
+	if off+n > img.size {
+		n = img.size - off
+		eof = io.EOF
+	}
+	if err := img.read(p[:n], off); err != nil {
+		return 0, err
+	}
+	return int(n), eof
+}
+
+// readAt implements layer: bytes past the size read as zeros.
+func (img *Image) readAt(p []byte, off int64) error {
+	if off >= img.size {
+		clear(p)
+		return nil
+	}
+	if end := off + int64(len(p)); end > img.size {
+		clear(p[img.size-off:])
+		p = p[:img.size-off]
+	}
+	return img.read(p, off)
+}
+
+func (img *Image) read(p []byte, off int64) error {
+	s := img.s
+	if img.w != nil {
+		img.w.ioLock.RLock()
+		defer img.w.ioLock.RUnlock()
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	var stack [16]run
+	runs, err := img.mapRuns(off, int64(len(p)), stack[:0])
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	for _, r := range runs {
+		buf := p[r.off-off : r.off-off+r.length]
+		switch r.kind {
+		case kindZero:
+			clear(buf)
+		case kindUnallocated:
+			if s.backing != nil {
+				if err := s.backing.readAt(buf, r.off); err != nil {
+					return err
+				}
+			} else {
+				clear(buf)
+			}
+		case kindNormal:
+			if err := preadFull(s.dataF, buf, r.host); err != nil {
+				return fmt.Errorf("read data at %#x of %s: %w", r.host, s.dataName(), err)
+			}
+		case kindCompressed:
+			s.mu.Lock()
+			blk, err := s.zc.Get(r.desc)
+			if err == nil {
+				copy(buf, blk.Data[r.skip:r.skip+r.length])
+			}
+			s.mu.Unlock()
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (s *shared) dataName() string {
+	if s.dataFilePath != "" {
+		return s.dataFilePath
+	}
+	return s.path
+}
+
+// preadFull reads len(buf) bytes at off; bytes past the end of the file read
+// as zeros (as QEMU does for clusters beyond EOF).
+func preadFull(f interface {
+	ReadAt([]byte, int64) (int, error)
+}, buf []byte, off int64) error {
+	n, err := f.ReadAt(buf, off)
+	if err == io.EOF {
+		clear(buf[n:])
+		return nil
+	}
+	return err
+}
+
+// corruptf reports metadata found inconsistent at run time. The image is
+// flagged so that no further write goes through it.
+func (s *shared) corruptf(format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	s.markCorrupt(msg)
+	return &FormatError{File: s.path, Msg: "corrupt metadata: " + msg}
+}
