@@ -58,8 +58,9 @@ type shared struct {
 	zc  *cache.Cache // decompressed clusters, keyed by compressed descriptor
 	rc  *cache.Cache // refcount blocks, keyed by host offset
 
-	closed bool
-	refs   int // views open on this file
+	closed  bool
+	corrupt bool // metadata found inconsistent: writes refused
+	refs    int  // views open on this file
 }
 
 // Image is an open qcow2 image (or a read-only view of one of its internal
@@ -311,6 +312,7 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 			return nil, formatErr(s.path, "open external data file: %v", err)
 		}
 		s.dataF = df
+		s.g.dataFile = true
 		s.rawExt = h.AutoclearFeatures&AutoclearDataFileRaw != 0
 	} else if s.dataFileName != "" {
 		return nil, formatErr(s.path, "external data file name present without the external data file feature")
@@ -347,6 +349,9 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 	img := &Image{s: s, ro: s.ro, size: int64(h.Size), l1: l1, l1Offset: int64(h.L1TableOffset)}
 	if !s.ro {
 		img.w = newWriter(img)
+		if err := img.w.init(); err != nil {
+			return nil, err
+		}
 	}
 	return img, nil
 }

@@ -82,8 +82,10 @@ func (s *shared) bitmapNames() []string {
 	}
 	var names []string
 	for off := uint64(0); len(names) < int(nb) && off+24 <= dirSize; {
-		extraSize := uint64(be.Uint32(dir[off+12:]))
+		// Directory entry: table offset (8), table size (4), flags (4),
+		// type (1), granularity bits (1), name size (2), extra data size (4).
 		nameSize := uint64(be.Uint16(dir[off+18:]))
+		extraSize := uint64(be.Uint32(dir[off+20:]))
 		start := off + 24 + extraSize
 		if start+nameSize > dirSize {
 			break

@@ -38,11 +38,15 @@ func (e l2Entry) kind(g *geometry, i int) (clusterKind, error) {
 	if host&(g.clusterSize-1) != 0 {
 		return 0, fmt.Errorf("L2 entry %#x: host offset %#x is not cluster-aligned", e.word, host)
 	}
+	// Offset 0 means "unallocated", except in an external data file, where
+	// 0 is a valid offset; there every allocated cluster has refcount 1, so
+	// QCOW_OFLAG_COPIED tells the two apart (as QEMU does).
+	unallocated := host == 0 && !(g.dataFile && e.copied())
 	if g.subclusters == 1 {
 		if e.word&oflagZero != 0 {
 			return kindZero, nil
 		}
-		if host == 0 {
+		if unallocated {
 			return kindUnallocated, nil
 		}
 		return kindNormal, nil
@@ -52,7 +56,7 @@ func (e l2Entry) kind(g *geometry, i int) (clusterKind, error) {
 	case a && z:
 		return 0, fmt.Errorf("L2 entry %#x/%#x: subcluster %d both allocated and zero", e.word, e.bitmap, i)
 	case a:
-		if host == 0 {
+		if unallocated {
 			return 0, fmt.Errorf("L2 entry %#x/%#x: subcluster %d allocated in an unallocated cluster", e.word, e.bitmap, i)
 		}
 		return kindNormal, nil

@@ -20,6 +20,9 @@ type geometry struct {
 	l2Entries      int64 // entries per L2 table
 	subclusterBits uint  // log2 of subcluster size
 	subclusters    int   // subclusters per cluster (1 without extended L2)
+	// dataFile is set for images with an external data file, where host
+	// offset 0 is a valid data location (see l2Entry.kind).
+	dataFile bool
 }
 
 func newGeometry(clusterBits uint, extL2 bool) geometry {

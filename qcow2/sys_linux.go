@@ -29,3 +29,8 @@ func allocatedBytes(f *os.File) int64 {
 	}
 	return st.Blocks * 512
 }
+
+// punchHole deallocates a byte range of f; it then reads as zeros.
+func punchHole(f *os.File, off, n int64) error {
+	return unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+}

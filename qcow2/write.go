@@ -1,38 +1,530 @@
 package qcow2
 
-import "sync"
+import (
+	"encoding/binary"
+	"fmt"
+	"sync"
+)
 
-// writer holds the state of a writable image.
+// writer holds the state of a writable image: allocation, in-flight
+// allocations, deferred frees and what must be written back on Flush.
 type writer struct {
 	img *Image
-	// ioLock is held shared by every data I/O and exclusively by operations
-	// that free clusters, so a freed cluster is never reused under a read or
+	// ioLock is held shared by every data I/O and exclusively while deferred
+	// frees are applied, so a freed cluster is never reused under a read or
 	// write still in flight.
 	ioLock sync.RWMutex
+
+	// The fields below are guarded by img.s.mu.
+	rc       *refcounts
+	end      int64                   // first host cluster past everything allocated
+	freeHint int64                   // where the search for a free cluster starts
+	inflight map[int64]chan struct{} // guest clusters being allocated
+	l1Dirty  map[int64]bool
+	pending  []pendingFree // refcount decrements waiting for the L2 updates to be durable
+	prepared bool          // header prepared for writing (autoclear cleared, refcounts valid)
+	bufPool  sync.Pool
+	zeroBuf  []byte
+	fileLen  int64 // host file length we know of
 }
 
-func newWriter(img *Image) *writer { return &writer{img: img} }
-
-func (w *writer) close() error { return nil }
-
-func (s *shared) markCorrupt(msg string) {
-	s.warn(s.path + ": corrupt metadata: " + msg)
+type pendingFree struct {
+	cluster int64
+	count   int64 // number of clusters
 }
 
-// WriteAt writes p at guest offset off. (Write path: being implemented.)
+func newWriter(img *Image) *writer {
+	cs := img.s.g.clusterSize
+	w := &writer{img: img, inflight: map[int64]chan struct{}{}, l1Dirty: map[int64]bool{}}
+	w.bufPool.New = func() any { b := make([]byte, cs); return &b }
+	w.zeroBuf = make([]byte, cs)
+	return w
+}
+
+// initWriter loads the refcount structure; called once at open.
+func (w *writer) init() error {
+	s := w.img.s
+	rc, err := s.loadRefcounts()
+	if err != nil {
+		return err
+	}
+	w.rc = rc
+	fsize, err := s.fileSize()
+	if err != nil {
+		return err
+	}
+	w.fileLen = fsize
+	w.end = s.g.alignUp(fsize) >> s.g.clusterBits
+	return nil
+}
+
+func (w *writer) getBuf() *[]byte  { return w.bufPool.Get().(*[]byte) }
+func (w *writer) putBuf(b *[]byte) { w.bufPool.Put(b) }
+
+// writeHeader writes the fixed header fields (not the extensions).
+func (w *writer) writeHeader() error {
+	s := w.img.s
+	if _, err := s.f.WriteAt(s.hdr.encode(), 0); err != nil {
+		return fmt.Errorf("write header of %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// prepare runs once before the first modification: it clears autoclear bits
+// QEMU must learn about (bitmaps are now stale; unknown bits), and makes the
+// change durable before any data changes. Caller holds s.mu.
+func (w *writer) prepare() error {
+	s := w.img.s
+	if s.corrupt {
+		return ErrCorrupt
+	}
+	if w.prepared {
+		return nil
+	}
+	if s.hdr.IncompatibleFeatures&IncompatDirty != 0 {
+		if err := w.rebuildRefcounts(); err != nil {
+			return fmt.Errorf("%s: repair refcounts of dirty image: %w", s.path, err)
+		}
+	}
+	if clear := s.hdr.AutoclearFeatures &^ AutoclearDataFileRaw; clear != 0 && s.hdr.Version >= 3 {
+		s.hdr.AutoclearFeatures &^= clear
+		if err := w.writeHeader(); err != nil {
+			return err
+		}
+		if err := s.syncMeta(); err != nil {
+			return err
+		}
+	}
+	w.prepared = true
+	return nil
+}
+
+// WriteAt writes p at guest offset off.
 func (img *Image) WriteAt(p []byte, off int64) (int, error) {
-	if img.w == nil {
+	w := img.w
+	if w == nil {
 		return 0, ErrReadOnly
 	}
-	return 0, ErrReadOnly
+	if off < 0 || off > img.size || int64(len(p)) > img.size-off {
+		return 0, ErrOutOfRange
+	}
+	if err := w.begin(); err != nil {
+		return 0, err
+	}
+	w.ioLock.RLock()
+	defer w.ioLock.RUnlock()
+	var err error
+	img.s.g.splitRange(off, int64(len(p)), func(pc piece) bool {
+		err = w.writePiece(p[pc.bufOff:pc.bufOff+pc.length], pc.cluster, pc.skip)
+		return err == nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
-// WriteZeroes makes [off, off+n) read as zeros, using the format's zero
-// flags rather than writing zero bytes wherever it can.
-func (img *Image) WriteZeroes(off, n int64) error { return ErrReadOnly }
+func (w *writer) begin() error {
+	s := w.img.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return w.prepare()
+}
 
-// Discard deallocates [off, off+n); the range reads back as zeros.
-func (img *Image) Discard(off, n int64) error { return ErrReadOnly }
+// waitInflight blocks (releasing s.mu) until guest cluster c has no
+// allocation in flight. Caller holds s.mu; it is held again on return.
+func (w *writer) waitInflight(c int64) {
+	for {
+		ch := w.inflight[c]
+		if ch == nil {
+			return
+		}
+		w.img.s.mu.Unlock()
+		<-ch
+		w.img.s.mu.Lock()
+	}
+}
 
-// Flush writes back dirty metadata in dependency order and syncs the files.
-func (img *Image) Flush() error { return nil }
+func (w *writer) endInflight(c int64) {
+	if ch := w.inflight[c]; ch != nil {
+		delete(w.inflight, c)
+		close(ch)
+	}
+}
+
+// writePiece writes p at offset skip inside guest cluster c.
+func (w *writer) writePiece(p []byte, c, skip int64) error {
+	img := w.img
+	s := img.s
+	s.mu.Lock()
+	w.waitInflight(c)
+	if s.corrupt {
+		s.mu.Unlock()
+		return ErrCorrupt
+	}
+	e, err := img.lookup(c)
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	in, err := w.inPlace(e, skip, int64(len(p)))
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	if in {
+		s.mu.Unlock()
+		return w.pwriteData(p, e.hostOffset()+skip)
+	}
+	// Copy-on-write into a cluster of our own.
+	ch := make(chan struct{})
+	w.inflight[c] = ch
+	reuse := !e.compressed() && w.hasHost(e) && e.copied()
+	var host int64
+	if reuse {
+		host = e.hostOffset()
+	} else {
+		host, err = w.allocDataCluster(c)
+	}
+	s.mu.Unlock()
+	if err != nil {
+		s.mu.Lock()
+		w.endInflight(c)
+		s.mu.Unlock()
+		return err
+	}
+	ne, werr := w.cowWrite(c, e, host, reuse, p, skip)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer w.endInflight(c)
+	if werr != nil {
+		if !reuse {
+			w.releaseDataCluster(host)
+		}
+		return werr
+	}
+	if err := w.setL2(c, ne); err != nil {
+		return err
+	}
+	if !reuse {
+		w.freeEntry(e)
+	}
+	return nil
+}
+
+// inPlace reports whether a write of n bytes at skip can overwrite the
+// cluster of entry e directly.
+func (w *writer) inPlace(e l2Entry, skip, n int64) (bool, error) {
+	g := &w.img.s.g
+	if e.compressed() || !e.copied() || !w.hasHost(e) {
+		return false, nil
+	}
+	if g.subclusters == 1 {
+		k, err := e.kind(g, 0)
+		if err != nil {
+			return false, w.img.s.corruptf("%v", err)
+		}
+		return k == kindNormal, nil
+	}
+	first := int(skip >> g.subclusterBits)
+	last := int((skip + n - 1) >> g.subclusterBits)
+	for i := first; i <= last; i++ {
+		if !e.subAllocated(i) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+func (w *writer) pwriteData(p []byte, host int64) error {
+	s := w.img.s
+	if _, err := s.dataF.WriteAt(p, host); err != nil {
+		return fmt.Errorf("write data at %#x of %s: %w", host, s.dataName(), err)
+	}
+	return nil
+}
+
+// cowWrite writes p at skip into host cluster host, filling the rest of the
+// region it must write with the cluster's old content (entry e), and returns
+// the new L2 entry. With extended L2 only the touched subclusters are written
+// when the old cluster is not a whole one (unallocated, zero).
+func (w *writer) cowWrite(c int64, e l2Entry, host int64, reuse bool, p []byte, skip int64) (l2Entry, error) {
+	img := w.img
+	g := &img.s.g
+	cs := g.clusterSize
+	end := skip + int64(len(p))
+	from, to := int64(0), cs
+	ne := l2Entry{word: uint64(host) | oflagCopied}
+	if g.subclusters > 1 {
+		sub := int64(1) << g.subclusterBits
+		first, last := skip/sub, (end-1)/sub
+		touched := uint64(1)<<(last+1) - uint64(1)<<first
+		switch {
+		case e.compressed() || w.hasHost(e) && !reuse:
+			// Copy the whole cluster (compressed or shared): all
+			// subclusters the old entry had as data stay data.
+			if e.compressed() {
+				ne.bitmap = 0xffffffff
+			} else {
+				alloc := e.bitmap & 0xffffffff
+				ne.bitmap = alloc | touched | (e.bitmap>>32&^touched&^alloc)<<32
+				from, to = 0, cs
+			}
+		default:
+			from, to = first*sub, (last+1)*sub
+			zero := e.bitmap >> 32 &^ touched
+			alloc := e.bitmap&0xffffffff | touched
+			if !w.hasHost(e) {
+				alloc = touched
+			}
+			ne.bitmap = alloc | zero<<32
+		}
+	}
+	if from == skip && to == end {
+		return ne, w.pwriteData(p, host+skip)
+	}
+	bp := w.getBuf()
+	defer w.putBuf(bp)
+	buf := (*bp)[from:to]
+	if err := img.readEntry(c, e, buf[:skip-from], from); err != nil {
+		return ne, err
+	}
+	copy(buf[skip-from:], p)
+	if err := img.readEntry(c, e, buf[end-from:], end); err != nil {
+		return ne, err
+	}
+	return ne, w.pwriteData(buf, host+from)
+}
+
+// readEntry reads dst from guest cluster c at in-cluster offset inOff as the
+// L2 entry e maps it (the cluster's current content).
+func (img *Image) readEntry(c int64, e l2Entry, dst []byte, inOff int64) error {
+	if len(dst) == 0 {
+		return nil
+	}
+	s := img.s
+	g := &s.g
+	guest := c<<g.clusterBits + inOff
+	if e.compressed() {
+		s.mu.Lock()
+		blk, err := s.zc.Get(e.word)
+		if err == nil {
+			copy(dst, blk.Data[inOff:])
+		}
+		s.mu.Unlock()
+		return err
+	}
+	step := g.clusterSize
+	if g.subclusters > 1 {
+		step = 1 << g.subclusterBits
+	}
+	for done := int64(0); done < int64(len(dst)); {
+		o := inOff + done
+		l := min(step-o%step, int64(len(dst))-done)
+		part := dst[done : done+l]
+		k, err := e.kind(g, int(o/step))
+		if err != nil {
+			return s.corruptf("%v", err)
+		}
+		switch k {
+		case kindZero:
+			clear(part)
+		case kindNormal:
+			if err := preadFull(s.dataF, part, e.hostOffset()+o); err != nil {
+				return fmt.Errorf("read data at %#x of %s: %w", e.hostOffset()+o, s.dataName(), err)
+			}
+		case kindUnallocated:
+			if s.backing != nil && img.snapshot == "" {
+				if err := s.backing.readAt(part, guest+done); err != nil {
+					return err
+				}
+			} else {
+				clear(part)
+			}
+		}
+		done += l
+	}
+	return nil
+}
+
+// allocDataCluster returns a host offset for guest cluster c's data. Caller
+// holds s.mu.
+func (w *writer) allocDataCluster(c int64) (int64, error) {
+	s := w.img.s
+	if s.dataF != s.f {
+		// External data file: guest offset == host offset, no refcounts.
+		return c << s.g.clusterBits, nil
+	}
+	cl, err := w.allocCluster()
+	if err != nil {
+		return 0, err
+	}
+	return cl << s.g.clusterBits, nil
+}
+
+// releaseDataCluster undoes allocDataCluster after a failed data write (the
+// cluster was never referenced, so it is freed at once).
+func (w *writer) releaseDataCluster(host int64) {
+	s := w.img.s
+	if s.dataF != s.f {
+		return
+	}
+	cl := host >> s.g.clusterBits
+	if err := w.setRefcount(cl, 0); err == nil && cl < w.freeHint {
+		w.freeHint = cl
+	}
+}
+
+// allocCluster finds a free host cluster in the image file and sets its
+// refcount to 1. Caller holds s.mu.
+func (w *writer) allocCluster() (int64, error) {
+	r := w.rc
+	cl := w.freeHint
+	for {
+		if cl >= w.end {
+			break
+		}
+		bi := cl / r.perBlock
+		if bi >= int64(len(r.table)) || r.table[bi] == 0 {
+			break // no block: the whole range is free
+		}
+		rc, err := w.refcount(cl)
+		if err != nil {
+			return 0, err
+		}
+		if rc == 0 && cl != 0 {
+			break
+		}
+		cl++
+	}
+	if err := w.setRefcount(cl, 1); err != nil {
+		return 0, err
+	}
+	w.freeHint = cl + 1
+	return cl, nil
+}
+
+// deferFree queues a refcount decrement for n clusters from cl; it is
+// applied on the next Flush, once no on-disk L2 entry can still reference
+// them. Caller holds s.mu.
+func (w *writer) deferFree(cl, n int64) {
+	if k := len(w.pending) - 1; k >= 0 && w.pending[k].cluster+w.pending[k].count == cl && n == 1 {
+		w.pending[k].count++
+		return
+	}
+	w.pending = append(w.pending, pendingFree{cluster: cl, count: n})
+}
+
+// freeEntry drops the reference an overwritten L2 entry held.
+func (w *writer) freeEntry(e l2Entry) {
+	s := w.img.s
+	g := &s.g
+	if e.compressed() {
+		host, length := compressedDescriptor(e.word, g.clusterBits)
+		start := host &^ 511
+		// The descriptor's sector count: the data spans [start, start+n*512).
+		n := (length + host&511 + 511) / 512 * 512
+		first := start >> g.clusterBits
+		last := (start + n - 1) >> g.clusterBits
+		for cl := first; cl <= last; cl++ {
+			w.deferFree(cl, 1)
+		}
+		return
+	}
+	if h := e.hostOffset(); h != 0 && s.dataF == s.f {
+		w.deferFree(h>>g.clusterBits, 1)
+	}
+}
+
+// l2Slice returns the cached slice of a writable L2 table for guest cluster c
+// and the entry's offset inside it, allocating or copying the table as
+// needed. Caller holds s.mu.
+func (w *writer) l2SliceFor(c int64) (key uint64, in int64, err error) {
+	img := w.img
+	s := img.s
+	g := &s.g
+	i := g.l1Index(c)
+	if i >= int64(len(img.l1)) {
+		return 0, 0, s.corruptf("guest cluster %d beyond the L1 table", c)
+	}
+	l1e := img.l1[i]
+	old := int64(l1e & l1EntryOffsetMask)
+	if old == 0 || l1e&oflagCopied == 0 {
+		cl, err := w.allocCluster()
+		if err != nil {
+			return 0, 0, err
+		}
+		newOff := cl << g.clusterBits
+		slice := l2SliceSize(*g)
+		for so := int64(0); so < g.clusterSize; so += slice {
+			var src []byte
+			if old != 0 {
+				blk, err := s.l2c.Get(uint64(old + so))
+				if err != nil {
+					return 0, 0, err
+				}
+				src = append([]byte(nil), blk.Data...)
+			}
+			nb, err := s.l2c.Put(uint64(newOff + so))
+			if err != nil {
+				return 0, 0, err
+			}
+			copy(nb.Data, src)
+			s.l2c.MarkDirty(nb)
+		}
+		if old != 0 {
+			// The old table stays with the snapshots that share it.
+			w.deferFree(old>>g.clusterBits, 1)
+		}
+		img.l1[i] = uint64(newOff) | oflagCopied
+		w.l1Dirty[i] = true
+		old = newOff
+	}
+	pos := g.l2Index(c) * g.l2EntrySize
+	slice := l2SliceSize(*g)
+	return uint64(old + pos/slice*slice), pos % slice, nil
+}
+
+// setL2 stores entry e for guest cluster c. Caller holds s.mu.
+func (w *writer) setL2(c int64, e l2Entry) error {
+	s := w.img.s
+	key, in, err := w.l2SliceFor(c)
+	if err != nil {
+		return err
+	}
+	blk, err := s.l2c.Get(key)
+	if err != nil {
+		return err
+	}
+	binary.BigEndian.PutUint64(blk.Data[in:], e.word)
+	if s.g.l2EntrySize == 16 {
+		binary.BigEndian.PutUint64(blk.Data[in+8:], e.bitmap)
+	}
+	s.l2c.MarkDirty(blk)
+	return nil
+}
+
+func (s *shared) markCorrupt(msg string) {
+	if s.corrupt {
+		return
+	}
+	s.corrupt = true
+	s.warn(s.path + ": corrupt metadata: " + msg + "; further writes refused")
+	if s.ro || s.hdr.Version < 3 {
+		return
+	}
+	s.hdr.IncompatibleFeatures |= IncompatCorrupt
+	if _, err := s.f.WriteAt(s.hdr.encode(), 0); err == nil {
+		_ = s.syncMeta()
+	}
+}
+
+// hasHost reports whether a (non-compressed) entry owns a host cluster.
+// Offset 0 is a valid location in an external data file, where COPIED tells
+// allocated from unallocated.
+func (w *writer) hasHost(e l2Entry) bool {
+	return e.hostOffset() != 0 || w.img.s.g.dataFile && e.copied()
+}
