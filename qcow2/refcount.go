@@ -112,7 +112,7 @@ func (w *writer) setRefcount(cl int64, v uint64) error {
 	}
 	bi := cl / r.perBlock
 	if bi >= int64(len(r.table)) {
-		if err := w.growRefcountTable(bi); err != nil {
+		if err := w.growRefcountTable(bi, cl); err != nil {
 			return err
 		}
 	}
@@ -159,9 +159,9 @@ func (w *writer) newRefcountBlock(bi, avoid int64) error {
 
 // growRefcountTable moves the refcount table to the end of the file with
 // room for at least block index need, plus the refcount blocks that describe
-// the new table's own clusters. It is written out and the header switched
+// the new table's own clusters (placed after avoid). It is written out and the header switched
 // over at once (then the old table is freed).
-func (w *writer) growRefcountTable(need int64) error {
+func (w *writer) growRefcountTable(need, avoid int64) error {
 	s := w.img.s
 	r := w.rc
 	cs := s.g.clusterSize
@@ -172,7 +172,7 @@ func (w *writer) growRefcountTable(need int64) error {
 	for {
 		entries = (entries + perCluster - 1) / perCluster * perCluster
 		tableClusters = entries / perCluster
-		start = w.end
+		start = max(w.end, avoid+1) // avoid: the cluster the caller is allocating
 		// New blocks go right after the table; count the ranges without a
 		// block that [start, start+tableClusters+nBlocks) touches.
 		nBlocks = 0
