@@ -15,6 +15,9 @@ type OpenOptions struct {
 	// CacheSize is the byte budget of the L2-table cache; 0 means the default
 	// (enough to map a 1 TiB image with 64 KiB clusters).
 	CacheSize int64
+	// ForceShare takes no image locks (like qemu-img -U): for inspecting an
+	// image another process may be writing. Only with ReadOnly.
+	ForceShare bool
 	// Warn receives non-fatal warnings (corrupt bit on a read-only open, ...).
 	// May be nil.
 	Warn func(msg string)

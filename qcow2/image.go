@@ -107,6 +107,22 @@ func openChain(path string, opts OpenOptions, seen map[string]bool) (*Image, err
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", abs, err)
 	}
+	if opts.ForceShare && !opts.ReadOnly {
+		f.Close()
+		return nil, fmt.Errorf("%s: force-share needs a read-only open", abs)
+	}
+	if !opts.ForceShare {
+		// Writers hold read+write and share neither write nor resize;
+		// readers (also backing files) just refuse concurrent writers.
+		perm, unshared := permConsistentRead, permWrite|permResize
+		if !opts.ReadOnly {
+			perm |= permWrite | permWriteUnchanged
+		}
+		if err := lockImage(f, abs, perm, unshared); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
 	s := &shared{path: abs, f: f, dataF: f, ro: opts.ReadOnly, warn: opts.Warn, refs: 1}
 	if s.warn == nil {
 		s.warn = func(string) {}
@@ -310,6 +326,16 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 		df, err := openNoAtime(s.dataFilePath, flag)
 		if err != nil {
 			return nil, formatErr(s.path, "open external data file: %v", err)
+		}
+		if !opts.ForceShare {
+			perm := permConsistentRead
+			if !s.ro {
+				perm |= permWrite | permWriteUnchanged
+			}
+			if err := lockImage(df, s.dataFilePath, perm, permWrite|permResize); err != nil {
+				df.Close()
+				return nil, err
+			}
 		}
 		s.dataF = df
 		s.g.dataFile = true

@@ -1,0 +1,88 @@
+package qcow2
+
+import (
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestLockingWithQEMU checks that qcow2fs and QEMU exclude each other both ways.
+func TestLockingWithQEMU(t *testing.T) {
+	needQemu(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "l.qcow2")
+	wrun(t, "qemu-img", "create", "-q", "-f", "qcow2", path, "16M")
+
+	// We hold it read-write: qemu-img info without -U and qemu-io refuse.
+	im, err := Open(path, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("qemu-img", "info", path).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "lock") {
+		t.Errorf("qemu-img info on a writable-open image: err=%v out=%s", err, out)
+	}
+	if out, err := exec.Command("qemu-img", "info", "-U", path).CombinedOutput(); err != nil {
+		t.Errorf("qemu-img info -U: %v %s", err, out)
+	}
+	if out, err := exec.Command("qemu-io", "-c", "write 0 4k", path).CombinedOutput(); err == nil {
+		t.Errorf("qemu-io wrote to an image we hold: %s", out)
+	}
+	// A second writer or reader of ours refuses too; force-share works.
+	if _, err := Open(path, OpenOptions{}); !errors.Is(err, ErrLocked) {
+		t.Errorf("second writable open: %v", err)
+	}
+	if _, err := Open(path, OpenOptions{ReadOnly: true}); !errors.Is(err, ErrLocked) {
+		t.Errorf("read-only open beside a writer: %v", err)
+	}
+	fs, err := Open(path, OpenOptions{ReadOnly: true, ForceShare: true})
+	if err != nil {
+		t.Errorf("force-share open: %v", err)
+	} else {
+		fs.Close()
+	}
+	im.Close()
+
+	// A read-only open keeps writers out but lets readers in.
+	ro, err := Open(path, OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("qemu-img", "info", path).CombinedOutput(); err != nil {
+		t.Errorf("qemu-img info beside a read-only open: %v %s", err, out)
+	}
+	if out, err := exec.Command("qemu-io", "-c", "write 0 4k", path).CombinedOutput(); err == nil {
+		t.Errorf("qemu-io wrote to an image open read-only: %s", out)
+	}
+	ro.Close()
+
+	// QEMU holds it writable: we refuse.
+	cmd := exec.Command("qemu-io", "-c", "sleep 20000", path)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		im, err := Open(path, OpenOptions{})
+		if err == nil {
+			im.Close()
+		}
+		if errors.Is(err, ErrLocked) {
+			if !strings.Contains(err.Error(), path) {
+				t.Errorf("lock error does not name the file: %v", err)
+			}
+			break
+		}
+		if err == nil {
+			// qemu-io may not have taken its locks yet.
+			if time.Now().After(deadline) {
+				t.Fatal("opened an image qemu-io holds writable")
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
