@@ -164,6 +164,7 @@ func (w *writer) rebuildRefcounts() error {
 				}
 				r.table[bi] = uint64(b << s.g.clusterBits)
 				r.tableDirty[bi] = true
+				w.noteUsed(b)
 				w.end++
 				cnt.addRange(b<<s.g.clusterBits, 1)
 				counts = cnt.counts

@@ -127,6 +127,9 @@ func (w *writer) setRefcount(cl int64, v uint64) error {
 	}
 	setRefcountEntry(blk.Data, cl%r.perBlock, r.order, v)
 	w.img.s.rc.MarkDirty(blk)
+	if v > 0 {
+		w.noteUsed(cl)
+	}
 	if cl >= w.end {
 		w.end = cl + 1
 	}
@@ -151,6 +154,7 @@ func (w *writer) newRefcountBlock(bi, avoid int64) error {
 	s.rc.MarkDirty(blk)
 	r.table[bi] = uint64(b << s.g.clusterBits)
 	r.tableDirty[bi] = true
+	w.noteUsed(b)
 	if b >= w.end {
 		w.end = b + 1
 	}
@@ -227,6 +231,7 @@ func (w *writer) growRefcountTable(need, avoid int64) error {
 		s.rc.MarkDirty(blk)
 	}
 	w.end = end
+	w.noteUsed(end - 1)
 	// Write blocks, then the table, then switch the header.
 	if err := s.rc.Flush(); err != nil {
 		return err

@@ -26,6 +26,10 @@ type writer struct {
 	bufPool  sync.Pool
 	zeroBuf  []byte
 	fileLen  int64 // host file length we know of
+	// fresh is the first host cluster never handed out since open and past
+	// the file's end then: clusters from here on read as zeros, so a new
+	// data cluster there needs no zero padding written around a write.
+	fresh int64
 }
 
 type pendingFree struct {
@@ -54,6 +58,7 @@ func (w *writer) init() error {
 		return err
 	}
 	w.fileLen = fsize
+	w.fresh = s.g.alignUp(fsize) >> s.g.clusterBits
 	w.end = s.g.alignUp(fsize) >> s.g.clusterBits
 	return nil
 }
@@ -184,10 +189,11 @@ func (w *writer) writePiece(p []byte, c, skip int64) error {
 	w.inflight[c] = ch
 	reuse := !e.compressed() && w.hasHost(e) && e.copied()
 	var host int64
+	fresh := false
 	if reuse {
 		host = e.hostOffset()
 	} else {
-		host, err = w.allocDataCluster(c)
+		host, fresh, err = w.allocDataCluster(c)
 	}
 	s.mu.Unlock()
 	if err != nil {
@@ -196,7 +202,7 @@ func (w *writer) writePiece(p []byte, c, skip int64) error {
 		s.mu.Unlock()
 		return err
 	}
-	ne, werr := w.cowWrite(c, e, host, reuse, p, skip)
+	ne, werr := w.cowWrite(c, e, host, reuse, fresh, p, skip)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	defer w.endInflight(c)
@@ -251,7 +257,7 @@ func (w *writer) pwriteData(p []byte, host int64) error {
 // region it must write with the cluster's old content (entry e), and returns
 // the new L2 entry. With extended L2 only the touched subclusters are written
 // when the old cluster is not a whole one (unallocated, zero).
-func (w *writer) cowWrite(c int64, e l2Entry, host int64, reuse bool, p []byte, skip int64) (l2Entry, error) {
+func (w *writer) cowWrite(c int64, e l2Entry, host int64, reuse, fresh bool, p []byte, skip int64) (l2Entry, error) {
 	img := w.img
 	g := &img.s.g
 	cs := g.clusterSize
@@ -283,7 +289,9 @@ func (w *writer) cowWrite(c int64, e l2Entry, host int64, reuse bool, p []byte, 
 			ne.bitmap = alloc | zero<<32
 		}
 	}
-	if from == skip && to == end {
+	if from == skip && to == end || fresh && w.readsZero(e, from, to) {
+		// Nothing around the write to preserve: the cluster is fresh
+		// (reads as zeros) and so was the old content.
 		return ne, w.pwriteData(p, host+skip)
 	}
 	bp := w.getBuf()
@@ -352,17 +360,37 @@ func (img *Image) readEntry(c int64, e l2Entry, dst []byte, inOff int64) error {
 
 // allocDataCluster returns a host offset for guest cluster c's data. Caller
 // holds s.mu.
-func (w *writer) allocDataCluster(c int64) (int64, error) {
+func (w *writer) allocDataCluster(c int64) (host int64, fresh bool, err error) {
 	s := w.img.s
 	if s.dataF != s.f {
 		// External data file: guest offset == host offset, no refcounts.
-		return c << s.g.clusterBits, nil
+		return c << s.g.clusterBits, false, nil
 	}
-	cl, err := w.allocCluster()
+	cl, fresh, err := w.allocCluster()
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	return cl << s.g.clusterBits, nil
+	return cl << s.g.clusterBits, fresh, nil
+}
+
+// readsZero reports whether entry e's content in [from, to) is all zeros
+// without reading it (zero flags, or unallocated with no backing file).
+func (w *writer) readsZero(e l2Entry, from, to int64) bool {
+	g := &w.img.s.g
+	if e.compressed() {
+		return false
+	}
+	step := g.clusterSize
+	if g.subclusters > 1 {
+		step = 1 << g.subclusterBits
+	}
+	for o := from - from%step; o < to; o += step {
+		k, err := e.kind(g, int(o/step))
+		if err != nil || k == kindNormal || k == kindUnallocated && w.img.s.backing != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // releaseDataCluster undoes allocDataCluster after a failed data write (the
@@ -379,10 +407,11 @@ func (w *writer) releaseDataCluster(host int64) {
 }
 
 // allocCluster finds a free host cluster in the image file and sets its
-// refcount to 1. Caller holds s.mu.
-func (w *writer) allocCluster() (int64, error) {
+// refcount to 1; fresh reports a cluster known to read as zeros. Caller
+// holds s.mu.
+func (w *writer) allocCluster() (cl int64, fresh bool, err error) {
 	r := w.rc
-	cl := w.freeHint
+	cl = w.freeHint
 	for {
 		if cl >= w.end {
 			break
@@ -393,18 +422,27 @@ func (w *writer) allocCluster() (int64, error) {
 		}
 		rc, err := w.refcount(cl)
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
 		if rc == 0 && cl != 0 {
 			break
 		}
 		cl++
 	}
+	fresh = cl >= w.fresh
 	if err := w.setRefcount(cl, 1); err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	w.freeHint = cl + 1
-	return cl, nil
+	return cl, fresh, nil
+}
+
+// noteUsed records that host cluster cl now holds something: it is no
+// longer known to read as zeros.
+func (w *writer) noteUsed(cl int64) {
+	if cl >= w.fresh {
+		w.fresh = cl + 1
+	}
 }
 
 // deferFree queues a refcount decrement for n clusters from cl; it is
@@ -453,7 +491,7 @@ func (w *writer) l2SliceFor(c int64) (key uint64, in int64, err error) {
 	l1e := img.l1[i]
 	old := int64(l1e & l1EntryOffsetMask)
 	if old == 0 || l1e&oflagCopied == 0 {
-		cl, err := w.allocCluster()
+		cl, _, err := w.allocCluster()
 		if err != nil {
 			return 0, 0, err
 		}
