@@ -345,7 +345,7 @@ func (img *Image) readEntry(c int64, e l2Entry, dst []byte, inOff int64) error {
 				return fmt.Errorf("read data at %#x of %s: %w", e.hostOffset()+o, s.dataName(), err)
 			}
 		case kindUnallocated:
-			if s.backing != nil && img.snapshot == "" {
+			if s.backing != nil {
 				if err := s.backing.readAt(part, guest+done); err != nil {
 					return err
 				}

@@ -63,12 +63,12 @@ func diffAt(a, b []byte) string {
 }
 
 type writeCase struct {
-	name    string
-	opts    string // qemu-img create -o
-	size    int64
-	backing string // "", "raw", "qcow2"
-	snap    bool
-	compr   bool // start from a compressed image
+	name     string
+	opts     string // qemu-img create -o
+	size     int64
+	backing  string // "", "raw", "qcow2"
+	snap     bool
+	compr    bool // start from a compressed image
 	datafile bool
 }
 

@@ -25,12 +25,29 @@ func (img *Image) zeroRange(off, n int64, discard bool) error {
 	}
 	w.ioLock.RLock()
 	defer w.ioLock.RUnlock()
-	var err error
-	img.s.g.splitRange(off, n, func(pc piece) bool {
-		err = w.zeroPiece(pc.cluster, pc.skip, pc.length)
-		return err == nil
-	})
-	return err
+	g := &img.s.g
+	// One L2 table's reach at a time: a reach with no L2 table and no
+	// backing file already reads as zeros (mkfs discards whole devices).
+	reach := g.l2Entries << g.clusterBits
+	for end := off + n; off < end; {
+		chunk := min(end, (off/reach+1)*reach) - off
+		img.s.mu.Lock()
+		i := g.l1Index(g.clusterIndex(off))
+		empty := img.s.backing == nil && (i >= int64(len(img.l1)) || img.l1[i]&l1EntryOffsetMask == 0)
+		img.s.mu.Unlock()
+		if !empty {
+			var err error
+			g.splitRange(off, chunk, func(pc piece) bool {
+				err = w.zeroPiece(pc.cluster, pc.skip, pc.length)
+				return err == nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		off += chunk
+	}
+	return nil
 }
 
 // zeroPiece zeroes [skip, skip+length) of guest cluster c.
