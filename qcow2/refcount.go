@@ -152,8 +152,23 @@ func (w *writer) newRefcountBlock(bi, avoid int64) error {
 	}
 	setRefcountEntry(blk.Data, b%r.perBlock, r.order, 1)
 	s.rc.MarkDirty(blk)
+	// Make the block durable before the table points at it, and the table
+	// entry durable before any L2 entry relies on it (new blocks are rare:
+	// one per perBlock clusters of host space).
+	if err := s.writeBlock(uint64(b<<s.g.clusterBits), blk.Data); err != nil {
+		return err
+	}
+	if err := s.syncMeta(); err != nil {
+		return err
+	}
 	r.table[bi] = uint64(b << s.g.clusterBits)
 	r.tableDirty[bi] = true
+	if err := w.writeRefcountTableEntries(); err != nil {
+		return err
+	}
+	if err := s.syncMeta(); err != nil {
+		return err
+	}
 	w.noteUsed(b)
 	if b >= w.end {
 		w.end = b + 1
