@@ -31,7 +31,7 @@ func (w *writer) flushLocked() error {
 	if s.corrupt {
 		// Never write metadata through an image found corrupt; data writes
 		// that completed still get synced.
-		return fdatasync(s.dataF)
+		return s.dataF.Datasync()
 	}
 	if err := w.extendFile(); err != nil {
 		return err
@@ -51,7 +51,7 @@ func (w *writer) flushLocked() error {
 		}
 	}
 	if s.dataF != s.f {
-		if err := fdatasync(s.dataF); err != nil {
+		if err := s.dataF.Datasync(); err != nil {
 			return fmt.Errorf("sync %s: %w", s.dataFilePath, err)
 		}
 	}
@@ -150,7 +150,7 @@ func (w *writer) applyFrees(frees []pendingFree) error {
 				for so := int64(0); so < s.g.clusterSize; so += slice {
 					s.l2c.Drop(uint64(cl<<s.g.clusterBits + so))
 				}
-				_ = punchHole(s.f, cl<<s.g.clusterBits, s.g.clusterSize)
+				_ = s.f.PunchHole(cl<<s.g.clusterBits, s.g.clusterSize)
 				if cl < w.freeHint {
 					w.freeHint = cl
 				}

@@ -30,8 +30,8 @@ const maxChainDepth = 64
 // read-only views of its internal snapshots.
 type shared struct {
 	path   string
-	f      *os.File // the image file
-	dataF  *os.File // where guest data lives: f, or the external data file
+	f      hostFile // the image file
+	dataF  hostFile // where guest data lives: f, or the external data file
 	ro     bool
 	warn   func(string)
 	hdr    Header
@@ -123,7 +123,8 @@ func openChain(path string, opts OpenOptions, seen map[string]bool) (*Image, err
 			return nil, err
 		}
 	}
-	s := &shared{path: abs, f: f, dataF: f, ro: opts.ReadOnly, warn: opts.Warn, refs: 1}
+	hf := wrapHostFile(abs, osFile{f})
+	s := &shared{path: abs, f: hf, dataF: hf, ro: opts.ReadOnly, warn: opts.Warn, refs: 1}
 	if s.warn == nil {
 		s.warn = func(string) {}
 	}
@@ -337,7 +338,7 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 				return nil, err
 			}
 		}
-		s.dataF = df
+		s.dataF = wrapHostFile(s.dataFilePath, osFile{df})
 		s.g.dataFile = true
 		s.rawExt = h.AutoclearFeatures&AutoclearDataFileRaw != 0
 	} else if s.dataFileName != "" {
@@ -432,7 +433,7 @@ func (s *shared) writeBlock(key uint64, buf []byte) error {
 	return nil
 }
 
-func (s *shared) syncMeta() error { return fdatasync(s.f) }
+func (s *shared) syncMeta() error { return s.f.Datasync() }
 
 func (s *shared) featureList(typ uint8, bits uint64) string {
 	out := ""
@@ -539,9 +540,9 @@ func (img *Image) Files() []string {
 // HostBytes returns the bytes the image's files (image and external data
 // file, not the backing chain) occupy on the host file system.
 func (img *Image) HostBytes() int64 {
-	total := allocatedBytes(img.s.f)
+	total := img.s.f.AllocatedBytes()
 	if img.s.dataF != img.s.f {
-		total += allocatedBytes(img.s.dataF)
+		total += img.s.dataF.AllocatedBytes()
 	}
 	return total
 }

@@ -170,5 +170,5 @@ func (w *writer) punchDataFile(c int64) {
 	if s.dataF == s.f {
 		return
 	}
-	_ = punchHole(s.dataF, c<<s.g.clusterBits, s.g.clusterSize)
+	_ = s.dataF.PunchHole(c<<s.g.clusterBits, s.g.clusterSize)
 }
