@@ -125,6 +125,11 @@ func parseHeader(buf []byte) (Header, error) {
 	if h.HeaderLength < headerV3Len {
 		return h, fmt.Errorf("invalid header_length %d", h.HeaderLength)
 	}
+	if h.HeaderLength%8 != 0 {
+		// The spec requires it; an odd length would misalign the
+		// header extensions that follow.
+		return h, fmt.Errorf("invalid header_length %d (not a multiple of 8)", h.HeaderLength)
+	}
 	if h.HeaderLength > 104 {
 		if len(buf) < 105 {
 			return h, fmt.Errorf("file too short for header_length %d", h.HeaderLength)

@@ -76,6 +76,10 @@ func (s *shared) bitmapNames() []string {
 	if dirSize > 64<<20 || nb > 65535 {
 		return nil
 	}
+	// Never allocate more than the file could hold (untrusted header).
+	if fsize, err := s.fileSize(); err != nil || dirOff > uint64(fsize) || dirSize > uint64(fsize)-dirOff {
+		return nil
+	}
 	dir := make([]byte, dirSize)
 	if _, err := s.f.ReadAt(dir, int64(dirOff)); err != nil {
 		return nil

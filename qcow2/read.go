@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 )
@@ -32,15 +33,19 @@ func (img *Image) l2TableOffset(i int64) (int64, error) {
 func (img *Image) lookup(c int64) (l2Entry, error) {
 	s := img.s
 	g := &s.g
-	l2off, err := img.l2TableOffset(g.l1Index(c))
+	l1i := g.l1Index(c)
+	l2off, err := img.l2TableOffset(l1i)
 	if err != nil || l2off == 0 {
 		return l2Entry{}, err
 	}
 	pos := g.l2Index(c) * g.l2EntrySize
 	slice := l2SliceSize(*g)
 	blk, err := s.l2c.Get(uint64(l2off + pos/slice*slice))
+	if errors.Is(err, io.EOF) {
+		return l2Entry{}, s.corruptf("L1 entry %d: L2 table at %#x lies past the end of the file", l1i, l2off)
+	}
 	if err != nil {
-		return l2Entry{}, err
+		return l2Entry{}, fmt.Errorf("read L2 table at %#x (L1 entry %d): %w", l2off, l1i, err)
 	}
 	in := pos % slice
 	e := l2Entry{word: binary.BigEndian.Uint64(blk.Data[in:])}
@@ -73,6 +78,29 @@ func (img *Image) mapRuns(off, n int64, out []run) ([]run, error) {
 		}
 		out = append(out, r)
 	}
+	// Go one L2 table's reach at a time, so that the holes of huge sparse
+	// images (no L2 table at all) cost one step, not one per cluster.
+	l2Reach := g.l2Entries << g.clusterBits
+	for end := off + n; off < end && err == nil; {
+		chunk := min(end, (off/l2Reach+1)*l2Reach) - off
+		var l2off int64
+		if l2off, err = img.l2TableOffset(g.l1Index(g.clusterIndex(off))); err != nil {
+			break
+		}
+		if l2off == 0 {
+			add(run{kind: kindUnallocated, off: off, length: chunk})
+		} else {
+			err = img.mapTable(off, chunk, add)
+		}
+		off += chunk
+	}
+	return out, err
+}
+
+// mapTable is mapRuns for a range within the reach of one L2 table.
+func (img *Image) mapTable(off, n int64, add func(run)) error {
+	g := &img.s.g
+	var err error
 	g.splitRange(off, n, func(p piece) bool {
 		var e l2Entry
 		e, err = img.lookup(p.cluster)
@@ -94,7 +122,16 @@ func (img *Image) mapRuns(off, n int64, out []run) ([]run, error) {
 			add(run{kind: k, off: gOff, length: p.length, host: e.hostOffset() + p.skip})
 			return true
 		}
-		// Extended L2: one run per subcluster touched.
+		// Extended L2: one run per subcluster touched (a bitmap of zero
+		// means all of them are unallocated: one run).
+		if e.bitmap == 0 {
+			if _, err = e.kind(g, 0); err != nil {
+				err = img.s.corruptf("guest cluster %d: %v", p.cluster, err)
+				return false
+			}
+			add(run{kind: kindUnallocated, off: gOff, length: p.length})
+			return true
+		}
 		subSize := int64(1) << g.subclusterBits
 		for done := int64(0); done < p.length; {
 			in := p.skip + done
@@ -111,7 +148,7 @@ func (img *Image) mapRuns(off, n int64, out []run) ([]run, error) {
 		}
 		return true
 	})
-	return out, err
+	return err
 }
 
 // ReadAt reads len(p) bytes of the virtual disk at off. Reads that cross the

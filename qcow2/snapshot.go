@@ -83,7 +83,8 @@ func parseSnapshotTable(r io.ReaderAt, off int64, n uint32, fileSize int64) ([]s
 			return nil, fmt.Errorf("snapshot %d runs past the end of the file", i)
 		}
 		buf := make([]byte, body)
-		if _, err := r.ReadAt(buf, off+snapshotHeaderLen); err != nil {
+		// (Some ReaderAts report EOF even for an empty read at the end.)
+		if n, err := r.ReadAt(buf, off+snapshotHeaderLen); err != nil && !(err == io.EOF && n == len(buf)) {
 			return nil, fmt.Errorf("read snapshot %d: %w", i, err)
 		}
 		sn.Extra = buf[:extraLen]
