@@ -1,0 +1,107 @@
+package qcow2
+
+import (
+	"fmt"
+	"math/rand"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// Hot-path benchmarks of the mapper (no FUSE). CI runs them briefly as a
+// smoke test; `make bench` compares whole-stack figures with QEMU.
+
+func benchImage(b *testing.B, opts string, size int64, fill bool) *Image {
+	b.Helper()
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		b.Skip("SKIPPING: qemu-img not installed")
+	}
+	path := filepath.Join(b.TempDir(), "b.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, path, fmt.Sprint(size)).CombinedOutput(); err != nil {
+		b.Fatalf("%v %s", err, out)
+	}
+	im, err := Open(path, OpenOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if fill {
+		buf := make([]byte, 1<<20)
+		for off := int64(0); off < size; off += 1 << 20 {
+			if _, err := im.WriteAt(buf, off); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.Cleanup(func() { im.Close() })
+	return im
+}
+
+func BenchmarkRandomRead4K(b *testing.B) {
+	const size = 256 << 20
+	im := benchImage(b, "cluster_size=65536", size, true)
+	buf := make([]byte, 4096)
+	rng := rand.New(rand.NewSource(1))
+	b.SetBytes(4096)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := im.ReadAt(buf, rng.Int63n(size/4096)*4096); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkRandomOverwrite4K(b *testing.B) {
+	const size = 256 << 20
+	im := benchImage(b, "cluster_size=65536", size, true)
+	buf := make([]byte, 4096)
+	rng := rand.New(rand.NewSource(1))
+	b.SetBytes(4096)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := im.WriteAt(buf, rng.Int63n(size/4096)*4096); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkAllocatingWrite4K(b *testing.B) {
+	const size = 64 << 30
+	im := benchImage(b, "cluster_size=65536", size, false)
+	buf := make([]byte, 4096)
+	rng := rand.New(rand.NewSource(1))
+	b.SetBytes(4096)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := im.WriteAt(buf, rng.Int63n(size/4096)*4096); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkSequentialRead1M(b *testing.B) {
+	const size = 256 << 20
+	im := benchImage(b, "cluster_size=65536", size, true)
+	buf := make([]byte, 1<<20)
+	b.SetBytes(1 << 20)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		off := int64(i) % (size >> 20) << 20
+		if _, err := im.ReadAt(buf, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkMapRuns(b *testing.B) {
+	const size = 256 << 20
+	im := benchImage(b, "cluster_size=65536", size, true)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		im.s.mu.Lock()
+		_, err := im.mapRuns(int64(i%255)<<20, 1<<20, nil)
+		im.s.mu.Unlock()
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
