@@ -1,0 +1,155 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// mountConfig is everything a mount needs, resolved to absolute paths so
+// the daemon (which runs in /) can use it unchanged. The parent passes it
+// to the daemon as JSON.
+type mountConfig struct {
+	Images             []string `json:"images"`
+	Mountpoint         string   `json:"mountpoint"`
+	FsName             string   `json:"fsname"`
+	ReadOnly           bool     `json:"read_only"`
+	Foreground         bool     `json:"foreground"`
+	AllowOther         bool     `json:"allow_other"`
+	DefaultPermissions bool     `json:"default_permissions"`
+	DirectIO           bool     `json:"direct_io"`
+	NoSnapshots        bool     `json:"no_snapshots"`
+	NoBacking          bool     `json:"no_backing"`
+	CacheSize          int64    `json:"cache_size"`
+	LogFile            string   `json:"log_file"`
+	Debug              bool     `json:"debug"`
+}
+
+// ignoredOptions are the generic mount options mount(8), mount.fuse3 and
+// fstab pass along that mean nothing here (the FUSE mount always carries
+// nodev,nosuid, and access times of a raw view are the image file's).
+var ignoredOptions = map[string]bool{
+	"rw": true, "defaults": true,
+	"dev": true, "nodev": true, "suid": true, "nosuid": true,
+	"exec": true, "noexec": true,
+	"atime": true, "noatime": true, "relatime": true, "strictatime": true,
+	"nodiratime": true, "diratime": true, "lazytime": true, "nolazytime": true,
+	"_netdev": true, "nofail": true, "noauto": true, "auto": true,
+	"user": true, "nouser": true, "users": true, "owner": true, "group": true,
+}
+
+// applyMountOptions applies one -o argument: comma-separated options, as
+// in fstab. An unknown option is an error naming it, so a typo in fstab
+// does not silently mount something else than asked.
+func applyMountOptions(cfg *mountConfig, arg string) error {
+	for _, opt := range strings.Split(arg, ",") {
+		opt = strings.TrimSpace(opt)
+		if opt == "" {
+			continue
+		}
+		key, val, hasVal := strings.Cut(opt, "=")
+		switch {
+		case ignoredOptions[opt]:
+		case strings.HasPrefix(key, "x-") || key == "comment":
+			// x-systemd.*, x-gvfs-*, comment=...: for other programs.
+		case key == "ro" && !hasVal:
+			// Read-only wins over any rw: mount(8) adds rw on its own,
+			// and a forensic mount must never turn writable by accident.
+			cfg.ReadOnly = true
+		case key == "allow_other" && !hasVal:
+			cfg.AllowOther = true
+		case key == "default_permissions" && !hasVal:
+			cfg.DefaultPermissions = true
+		case key == "direct_io" && !hasVal:
+			cfg.DirectIO = true
+		case key == "debug" && !hasVal:
+			cfg.Debug = true
+		case key == "cache_size" && hasVal:
+			n, err := parseSize(val)
+			if err != nil {
+				return fmt.Errorf("mount option %q: %w", opt, err)
+			}
+			cfg.CacheSize = n
+		case key == "log" && hasVal:
+			if val == "" {
+				return fmt.Errorf("mount option %q: empty file name", opt)
+			}
+			cfg.LogFile = val
+		case key == "snapshots" && hasVal:
+			on, err := parseOnOff(val)
+			if err != nil {
+				return fmt.Errorf("mount option %q: %w", opt, err)
+			}
+			cfg.NoSnapshots = !on
+		case key == "backing" && hasVal:
+			on, err := parseOnOff(val)
+			if err != nil {
+				return fmt.Errorf("mount option %q: %w", opt, err)
+			}
+			cfg.NoBacking = !on
+		default:
+			return fmt.Errorf("unknown mount option %q", opt)
+		}
+	}
+	return nil
+}
+
+func parseOnOff(s string) (bool, error) {
+	switch strings.ToLower(s) {
+	case "on", "yes", "true", "1":
+		return true, nil
+	case "off", "no", "false", "0":
+		return false, nil
+	}
+	return false, fmt.Errorf("want on or off, not %q", s)
+}
+
+// parseSize reads a byte count with an optional binary suffix: 512, 64k,
+// 32M, 1G, 1GiB (k/M/G/T, case-insensitive, optional "iB" or "B").
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	lower := strings.ToLower(t)
+	lower = strings.TrimSuffix(lower, "ib")
+	lower = strings.TrimSuffix(lower, "b")
+	shift := 0
+	if n := len(lower); n > 0 {
+		switch lower[n-1] {
+		case 'k':
+			shift = 10
+		case 'm':
+			shift = 20
+		case 'g':
+			shift = 30
+		case 't':
+			shift = 40
+		}
+		if shift != 0 {
+			lower = lower[:n-1]
+		}
+	}
+	v, err := strconv.ParseUint(lower, 10, 63)
+	if err != nil || t == "" {
+		return 0, fmt.Errorf("bad size %q (want e.g. 64M)", s)
+	}
+	if v > (1<<63-1)>>shift {
+		return 0, fmt.Errorf("size %q too large", s)
+	}
+	return int64(v << shift), nil
+}
+
+// humanSize formats n bytes the way qemu-img does: "4 MiB", "1.5 GiB".
+func humanSize(n int64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	f := float64(n)
+	i := 0
+	for f >= 1024 && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	if i == 0 {
+		return fmt.Sprintf("%d B", n)
+	}
+	s := strconv.FormatFloat(f, 'f', 3, 64)
+	s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
+	return s + " " + units[i]
+}

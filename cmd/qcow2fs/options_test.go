@@ -1,0 +1,84 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestApplyMountOptions(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want mountConfig
+		err  string // substring of the error, "" = no error
+	}{
+		{in: "", want: mountConfig{}},
+		{in: "rw", want: mountConfig{}},
+		{in: "ro", want: mountConfig{ReadOnly: true}},
+		{in: "ro,rw", want: mountConfig{ReadOnly: true}},
+		{in: "rw,ro", want: mountConfig{ReadOnly: true}},
+		{in: "allow_other,default_permissions", want: mountConfig{AllowOther: true, DefaultPermissions: true}},
+		{in: "direct_io,debug", want: mountConfig{DirectIO: true, Debug: true}},
+		{in: "cache_size=64M", want: mountConfig{CacheSize: 64 << 20}},
+		{in: "cache_size=1GiB", want: mountConfig{CacheSize: 1 << 30}},
+		{in: "log=/var/log/q.log", want: mountConfig{LogFile: "/var/log/q.log"}},
+		{in: "snapshots=off,backing=off", want: mountConfig{NoSnapshots: true, NoBacking: true}},
+		{in: "snapshots=off,snapshots=on", want: mountConfig{}},
+		{in: "dev,suid,nodev,nosuid,exec,noexec,atime,noatime,relatime,strictatime,nodiratime", want: mountConfig{}},
+		{in: "_netdev,nofail,noauto,auto,user,users,defaults", want: mountConfig{}},
+		{in: "x-systemd.automount,x-systemd.device-timeout=10s,comment=systemd.foo", want: mountConfig{}},
+		{in: "ro,,nofail", want: mountConfig{ReadOnly: true}},
+		{in: "bogus", err: `unknown mount option "bogus"`},
+		{in: "ro,frobnicate=1", err: `unknown mount option "frobnicate=1"`},
+		{in: "ro=1", err: `unknown mount option "ro=1"`},
+		{in: "cache_size", err: `unknown mount option "cache_size"`},
+		{in: "cache_size=lots", err: `bad size`},
+		{in: "snapshots=maybe", err: `want on or off`},
+		{in: "log=", err: `empty file name`},
+	} {
+		var got mountConfig
+		err := applyMountOptions(&got, tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: error %v, want %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tc.in, err)
+			continue
+		}
+		if got.ReadOnly != tc.want.ReadOnly || got.AllowOther != tc.want.AllowOther ||
+			got.DefaultPermissions != tc.want.DefaultPermissions || got.DirectIO != tc.want.DirectIO ||
+			got.Debug != tc.want.Debug || got.CacheSize != tc.want.CacheSize || got.LogFile != tc.want.LogFile ||
+			got.NoSnapshots != tc.want.NoSnapshots || got.NoBacking != tc.want.NoBacking {
+			t.Errorf("%q: got %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"0", 0, true}, {"512", 512, true}, {"64k", 64 << 10, true}, {"64K", 64 << 10, true},
+		{"32M", 32 << 20, true}, {"32MiB", 32 << 20, true}, {"32MB", 32 << 20, true},
+		{"2G", 2 << 30, true}, {"1T", 1 << 40, true}, {"100b", 100, true},
+		{"", 0, false}, {"M", 0, false}, {"-1", 0, false}, {"1.5G", 0, false}, {"10X", 0, false},
+		{"99999999999T", 0, false},
+	} {
+		got, err := parseSize(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d ok=%v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestHumanSize(t *testing.T) {
+	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1 KiB", 4 << 20: "4 MiB", 3 << 29: "1.5 GiB", 1 << 40: "1 TiB"} {
+		if got := humanSize(n); got != want {
+			t.Errorf("humanSize(%d) = %q, want %q", n, got, want)
+		}
+	}
+}

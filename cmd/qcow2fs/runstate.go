@@ -1,0 +1,129 @@
+package main
+
+// Run state: each daemon leaves a small JSON file naming its pid, so that
+// "qcow2fs unmount" can wait until the daemon has flushed and closed the
+// images (not only until the kernel dropped the mount), and so that mounts
+// can be listed. Best effort: without a writable run directory the daemon
+// works the same, and unmount only waits for the mount to go away.
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/sirupsen/logrus"
+)
+
+type runState struct {
+	PID        int      `json:"pid"`
+	StartTime  uint64   `json:"start_time"` // /proc/PID/stat field 22: tells a reused pid apart
+	Mountpoint string   `json:"mountpoint"`
+	Source     string   `json:"source"`
+	Images     []string `json:"images"`
+	ReadOnly   bool     `json:"read_only"`
+}
+
+func runStateDir() string {
+	if os.Geteuid() == 0 {
+		return "/run/qcow2fs"
+	}
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "qcow2fs")
+	}
+	return ""
+}
+
+func runStatePath(mountpoint string) string {
+	dir := runStateDir()
+	if dir == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(mountpoint))
+	return filepath.Join(dir, hex.EncodeToString(sum[:16])+".json")
+}
+
+func writeRunState(cfg *mountConfig) {
+	path := runStatePath(cfg.Mountpoint)
+	if path == "" {
+		return
+	}
+	st := runState{PID: os.Getpid(), Mountpoint: cfg.Mountpoint, Source: cfg.FsName, Images: cfg.Images, ReadOnly: cfg.ReadOnly}
+	st.StartTime, _ = procStartTime(st.PID)
+	b, _ := json.MarshalIndent(st, "", "  ")
+	err := os.MkdirAll(filepath.Dir(path), 0o755)
+	if err == nil {
+		tmp := path + ".tmp"
+		if err = os.WriteFile(tmp, append(b, '\n'), 0o644); err == nil {
+			err = os.Rename(tmp, path)
+		}
+	}
+	if err != nil {
+		logrus.Debugf("cannot record run state: %v", err)
+	}
+}
+
+func removeRunState(mountpoint string) {
+	if path := runStatePath(mountpoint); path != "" {
+		os.Remove(path)
+	}
+}
+
+// readRunState returns the state of the daemon serving mountpoint, or nil
+// if there is none or it is not running any more.
+func readRunState(mountpoint string) *runState {
+	path := runStatePath(mountpoint)
+	if path == "" {
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var st runState
+	if json.Unmarshal(b, &st) != nil || st.Mountpoint != mountpoint || !st.alive() {
+		return nil
+	}
+	return &st
+}
+
+// alive reports whether the recorded daemon is still running. A zombie
+// counts as gone: it has closed everything, and its reaper (whatever
+// adopted the daemon) may take its time.
+func (st *runState) alive() bool {
+	state, t, err := procStat(st.PID)
+	return err == nil && t == st.StartTime && state != "Z" && state != "X"
+}
+
+// procStartTime reads a process's start time (in clock ticks since boot).
+func procStartTime(pid int) (uint64, error) {
+	_, t, err := procStat(pid)
+	return t, err
+}
+
+// procStat reads a process's state (R, S, Z, ...) and start time from
+// /proc/PID/stat.
+func procStat(pid int) (state string, start uint64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses: fields
+	// are counted after the last ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return "", 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	const startTimeField = 22 - 3 // fields 1 and 2 come before ')', field 3 is f[0]
+	if len(f) <= startTimeField {
+		return "", 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	start, err = strconv.ParseUint(f[startTimeField], 10, 64)
+	return f[0], start, err
+}

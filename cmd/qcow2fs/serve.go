@@ -1,0 +1,178 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/qcow2fs/qcow2fs/fusefs"
+	"github.com/qcow2fs/qcow2fs/qcow2"
+)
+
+// reporter tells whoever started the mount how it went: the terminal in
+// the foreground, the waiting parent for a daemon.
+type reporter interface {
+	warn(msg string)
+	ready()
+	fail(err error)
+}
+
+// serve opens the images, mounts them and serves until unmounted, then
+// flushes and closes every image. It returns the exit code.
+func serve(cfg *mountConfig, rep reporter) int {
+	log := logrus.StandardLogger()
+	// A FUSE daemon behind a loop device must not wait on its own writeback
+	// in memory reclaim; PR_SET_IO_FLUSHER exempts it (needs
+	// CAP_SYS_RESOURCE, so it fails harmlessly for unprivileged users).
+	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil {
+		log.Debugf("prctl(PR_SET_IO_FLUSHER): %v (not permitted here; only matters under a loop device)", err)
+	}
+
+	images, err := openImages(cfg, rep)
+	if err != nil {
+		rep.fail(err)
+		return exitError
+	}
+	srv, err := fusefs.Mount(cfg.Mountpoint, images, fusefs.Options{
+		ReadOnly:           cfg.ReadOnly,
+		AllowOther:         cfg.AllowOther,
+		DefaultPermissions: cfg.DefaultPermissions,
+		DirectIO:           cfg.DirectIO,
+		NoSnapshots:        cfg.NoSnapshots,
+		FsName:             cfg.FsName,
+		Debug:              cfg.Debug,
+		Log:                log,
+	})
+	if err != nil {
+		closeImages(images)
+		rep.fail(err)
+		return exitError
+	}
+	writeRunState(cfg)
+	mode := "read-write"
+	if cfg.ReadOnly {
+		mode = "read-only"
+	}
+	log.Infof("mounted %s at %s (%s, pid %d)", cfg.FsName, cfg.Mountpoint, mode, os.Getpid())
+	rep.ready()
+
+	waitUnmounted(srv, log)
+
+	code := exitOK
+	if !closeImages(images) {
+		code = exitError
+	}
+	removeRunState(cfg.Mountpoint)
+	log.Infof("unmounted %s; images flushed and closed", cfg.Mountpoint)
+	return code
+}
+
+// waitUnmounted serves until the mount goes away. SIGINT/SIGTERM ask for
+// an unmount; while a file is in use (open, or a loop device attached) the
+// kernel refuses, and serving goes on — a lazy unmount would cut off a
+// loop device in the middle of its I/O.
+func waitUnmounted(srv *fusefs.Server, log *logrus.Logger) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	defer signal.Stop(sigs)
+	done := make(chan struct{})
+	go func() {
+		srv.Wait()
+		close(done)
+	}()
+	for {
+		select {
+		case <-done:
+			return
+		case sig := <-sigs:
+			log.Infof("%v: unmounting %s", sig, srv.Mountpoint())
+			if err := srv.Unmount(); err != nil {
+				log.Warnf("cannot unmount %s: %v; a file in it is still in use (open, or attached to a loop device: see losetup -a); still serving",
+					srv.Mountpoint(), oneLine(err.Error()))
+			}
+		}
+	}
+}
+
+// openImages opens every image of the mount; on failure it closes those
+// already open.
+func openImages(cfg *mountConfig, rep reporter) ([]*qcow2.Image, error) {
+	var images []*qcow2.Image
+	for _, path := range cfg.Images {
+		img, err := qcow2.Open(path, qcow2.OpenOptions{
+			ReadOnly:  cfg.ReadOnly,
+			NoBacking: cfg.NoBacking,
+			CacheSize: cfg.CacheSize,
+			Warn:      rep.warn,
+		})
+		if err != nil {
+			closeImages(images)
+			return nil, openError(path, err)
+		}
+		images = append(images, img)
+	}
+	return images, nil
+}
+
+// openError makes sure the message names the image (the qcow2 package's
+// format errors do already).
+func openError(path string, err error) error {
+	var fe *qcow2.FormatError
+	var le *qcow2.LockError
+	if errors.As(err, &fe) || errors.As(err, &le) {
+		return err
+	}
+	var pe *os.PathError
+	if errors.As(err, &pe) && pe.Path == path {
+		return fmt.Errorf("open %s: %w", path, pe.Err)
+	}
+	return err
+}
+
+// closeImages flushes and closes images, logging failures; it reports
+// whether everything went well.
+func closeImages(images []*qcow2.Image) bool {
+	ok := true
+	for _, img := range images {
+		if err := img.Flush(); err != nil {
+			logrus.Errorf("flush %s: %v", img.Path(), err)
+			ok = false
+		}
+		if err := img.Close(); err != nil {
+			logrus.Errorf("close %s: %v", img.Path(), err)
+			ok = false
+		}
+	}
+	return ok
+}
+
+// foregroundReporter logs warnings to stderr (or the log file) and keeps
+// a failure to be printed the usual way ("qcow2fs: <message>").
+type foregroundReporter struct{ err error }
+
+func (r *foregroundReporter) warn(msg string) { logrus.Warn(msg) }
+func (r *foregroundReporter) ready()          {}
+func (r *foregroundReporter) fail(err error)  { r.err = err }
+
+// serveForeground serves in this process, attached to the terminal.
+func serveForeground(cfg *mountConfig) error {
+	closeLog, err := setupLogging(cfg, false)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	rep := &foregroundReporter{}
+	if code := serve(cfg, rep); code != exitOK {
+		if rep.err != nil {
+			return rep.err
+		}
+		return &exitCode{code}
+	}
+	return nil
+}

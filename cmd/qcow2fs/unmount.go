@@ -1,0 +1,112 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const unmountUsage = `Usage: qcow2fs unmount MOUNTPOINT
+
+Unmounts a qcow2fs mount and waits until its daemon has flushed and closed
+the images, so the images are consistent and free for other programs when
+the command returns. Fails while a file of the mount is in use (open, or
+attached to a loop device: see losetup -a).
+`
+
+// How long unmount waits: for the kernel to drop the mount, then for the
+// daemon to write back its caches and exit.
+const (
+	mountGoneTimeout  = 10 * time.Second
+	daemonExitTimeout = 2 * time.Minute
+)
+
+func cmdUnmount(args []string) error {
+	fs := newFlagSet("unmount", unmountUsage)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("unmount: need exactly one MOUNTPOINT (see qcow2fs unmount --help)")
+	}
+	mp, err := filepath.Abs(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	// A dead daemon's mount cannot be resolved (ENOTCONN): keep the
+	// absolute path then.
+	if real, err := filepath.EvalSymlinks(mp); err == nil {
+		mp = real
+	}
+	entries, err := readMountinfo()
+	if err != nil {
+		return err
+	}
+	e, ok := findMount(entries, mp)
+	if !ok {
+		return fmt.Errorf("%s is not mounted", mp)
+	}
+	if e.FsType != fsType {
+		return fmt.Errorf("%s is not a qcow2fs mount (it is %s)", mp, e.FsType)
+	}
+	daemon := readRunState(mp)
+
+	if err := fusermountUnmount(mp, false); err != nil {
+		if err2 := syscall.Unmount(mp, 0); err2 != nil {
+			if errors.Is(err2, syscall.EBUSY) {
+				return fmt.Errorf("unmount %s: busy: a file in it is open, or attached to a loop device (see losetup -a)", mp)
+			}
+			return fmt.Errorf("unmount %s: %v", mp, err)
+		}
+	}
+	if err := waitFor(mountGoneTimeout, func() bool { m, err := isMounted(mp); return err == nil && !m }); err != nil {
+		return fmt.Errorf("%s is still mounted after %v", mp, mountGoneTimeout)
+	}
+	if daemon != nil {
+		if err := waitFor(daemonExitTimeout, func() bool { return !daemon.alive() }); err != nil {
+			return fmt.Errorf("unmounted %s, but its daemon (pid %d) is still flushing after %v", mp, daemon.PID, daemonExitTimeout)
+		}
+	}
+	return nil
+}
+
+// fusermountUnmount runs fusermount3 -u (with -z for a lazy unmount).
+func fusermountUnmount(mp string, lazy bool) error {
+	bin, err := exec.LookPath("fusermount3")
+	if err != nil {
+		if bin, err = exec.LookPath("fusermount"); err != nil {
+			return err
+		}
+	}
+	args := []string{"-u"}
+	if lazy {
+		args = append(args, "-z")
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(bin, append(args, "--", mp)...)
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+			return errors.New(msg)
+		}
+		return err
+	}
+	return nil
+}
+
+func waitFor(timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for delay := time.Millisecond; !cond(); delay = min(2*delay, 100*time.Millisecond) {
+		if time.Now().After(deadline) {
+			return os.ErrDeadlineExceeded
+		}
+		time.Sleep(delay)
+	}
+	return nil
+}

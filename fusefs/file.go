@@ -1,0 +1,309 @@
+package fusefs
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+
+	"github.com/qcow2fs/qcow2fs/qcow2"
+)
+
+// imageFile is the raw view of one image (or of one internal snapshot).
+// It holds no per-open state: every operation goes straight to the image,
+// whose methods are safe for concurrent use, so requests run in parallel.
+type imageFile struct {
+	fs.Inode
+
+	img      *qcow2.Image
+	name     string
+	ro       bool // read-only mount, read-only image, or snapshot view
+	directIO bool
+	log      logrus.FieldLogger
+
+	// writeGen counts completed modifications; flushedGen is the count the
+	// last successful flush covered. close() and fsync() only pay for an
+	// fdatasync when something was written since. flushMu serialises
+	// flushes, so an fsync that finds another flush running waits for it
+	// rather than returning before the data is durable.
+	writeGen   atomic.Uint64
+	flushMu    sync.Mutex
+	flushedGen uint64
+
+	// attrMu guards what chmod/chown/touch changed: kept in memory only
+	// (there is nowhere in a qcow2 image to store them).
+	attrMu sync.Mutex
+	mode   uint32 // permission bits
+	uid    *uint32
+	gid    *uint32
+	atime  *time.Time
+	mtime  *time.Time
+}
+
+var (
+	_ fs.NodeOpener    = (*imageFile)(nil)
+	_ fs.NodeReader    = (*imageFile)(nil)
+	_ fs.NodeWriter    = (*imageFile)(nil)
+	_ fs.NodeFlusher   = (*imageFile)(nil)
+	_ fs.NodeFsyncer   = (*imageFile)(nil)
+	_ fs.NodeGetattrer = (*imageFile)(nil)
+	_ fs.NodeSetattrer = (*imageFile)(nil)
+	_ fs.NodeLseeker   = (*imageFile)(nil)
+	_ fs.NodeAllocater = (*imageFile)(nil)
+)
+
+func newImageFile(img *qcow2.Image, name string, ro, directIO bool, log logrus.FieldLogger) *imageFile {
+	ro = ro || img.ReadOnly()
+	mode := uint32(0o644)
+	if ro {
+		mode = 0o444
+	}
+	return &imageFile{img: img, name: name, ro: ro, directIO: directIO, log: log, mode: mode}
+}
+
+// Open refuses write access to read-only files. There is no file handle:
+// all state lives in the node.
+func (f *imageFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if f.ro && (flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0) {
+		return nil, 0, syscall.EROFS
+	}
+	var fuseFlags uint32
+	if f.directIO {
+		// Parallel direct writes: the kernel would otherwise serialise
+		// writes to one file on its inode lock, which the image does not need.
+		fuseFlags |= fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES
+	}
+	return nil, fuseFlags, 0
+}
+
+// Read fills dest straight from the image; go-fuse owns dest, so no copy or
+// buffer pool is needed. A read crossing the end of the disk is short.
+func (f *imageFile) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	size := f.img.Size()
+	if off >= size || len(dest) == 0 {
+		return fuse.ReadResultData(nil), 0
+	}
+	if rest := size - off; int64(len(dest)) > rest {
+		dest = dest[:rest]
+	}
+	n, err := f.img.ReadAt(dest, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, f.toErrno(err, "read", off, int64(len(dest)))
+	}
+	// io.EOF: the end of the disk came first; a short read says so.
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// Write stores data at off. A write crossing the end of the virtual disk is
+// cut short there and one starting at or past it fails with ENOSPC, as on a
+// block device: the disk never grows.
+func (f *imageFile) Write(ctx context.Context, _ fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	if f.ro {
+		return 0, syscall.EROFS
+	}
+	if len(data) == 0 {
+		return 0, 0
+	}
+	size := f.img.Size()
+	if off >= size {
+		return 0, syscall.ENOSPC
+	}
+	if rest := size - off; int64(len(data)) > rest {
+		data = data[:rest]
+	}
+	n, err := f.img.WriteAt(data, off)
+	// Even a failed write may have changed metadata: let the next flush run.
+	f.writeGen.Add(1)
+	if err != nil {
+		return uint32(n), f.toErrno(err, "write", off, int64(len(data)))
+	}
+	return uint32(n), 0
+}
+
+// Flush runs on every close(2) of a descriptor: make what was written
+// durable then, so that closing the file is a safe point.
+func (f *imageFile) Flush(ctx context.Context, _ fs.FileHandle) syscall.Errno {
+	return f.flush("flush")
+}
+
+// Fsync makes every completed write durable (metadata in dependency order,
+// then fdatasync, inside Image.Flush).
+func (f *imageFile) Fsync(ctx context.Context, _ fs.FileHandle, flags uint32) syscall.Errno {
+	return f.flush("fsync")
+}
+
+func (f *imageFile) flush(op string) syscall.Errno {
+	if f.ro {
+		return 0
+	}
+	gen := f.writeGen.Load() // every write completed before this call
+	f.flushMu.Lock()
+	defer f.flushMu.Unlock()
+	if f.flushedGen >= gen {
+		return 0
+	}
+	if err := f.img.Flush(); err != nil {
+		return f.toErrno(err, op, 0, 0)
+	}
+	f.flushedGen = gen
+	return 0
+}
+
+// Getattr reports the virtual size, the host space the image really holds,
+// and owner and times of the image file unless changed through this mount.
+func (f *imageFile) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	f.fillAttr(&out.Attr)
+	out.SetTimeout(attrTimeout)
+	return 0
+}
+
+func (f *imageFile) fillAttr(a *fuse.Attr) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(f.img.Path(), &st); err == nil {
+		a.Uid, a.Gid = st.Uid, st.Gid
+		a.Atime, a.Atimensec = uint64(st.Atim.Sec), uint32(st.Atim.Nsec)
+		a.Mtime, a.Mtimensec = uint64(st.Mtim.Sec), uint32(st.Mtim.Nsec)
+		a.Ctime, a.Ctimensec = uint64(st.Ctim.Sec), uint32(st.Ctim.Nsec)
+	}
+	a.Size = uint64(f.img.Size())
+	a.Blocks = uint64(f.img.HostBytes()+511) / 512
+	a.Blksize = blockSize
+	a.Nlink = 1
+
+	f.attrMu.Lock()
+	defer f.attrMu.Unlock()
+	a.Mode = syscall.S_IFREG | f.mode
+	if f.uid != nil {
+		a.Uid = *f.uid
+	}
+	if f.gid != nil {
+		a.Gid = *f.gid
+	}
+	if f.atime != nil {
+		a.Atime, a.Atimensec = uint64(f.atime.Unix()), uint32(f.atime.Nanosecond())
+	}
+	if f.mtime != nil {
+		a.Mtime, a.Mtimensec = uint64(f.mtime.Unix()), uint32(f.mtime.Nanosecond())
+	}
+}
+
+// Setattr keeps mode, owner and time changes in memory and refuses size
+// changes: the virtual size is changed offline, not under a mounted file.
+// Setting the size it already has is accepted (some tools do that).
+func (f *imageFile) Setattr(ctx context.Context, _ fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if sz, ok := in.GetSize(); ok && int64(sz) != f.img.Size() {
+		f.log.WithField("image", f.img.Path()).Warnf(
+			"refused to change the size of %s to %d bytes while mounted; unmount and run `qcow2fs resize`", f.name, sz)
+		return syscall.EPERM
+	}
+	f.attrMu.Lock()
+	if m, ok := in.GetMode(); ok {
+		f.mode = m & 0o7777
+	}
+	if uid, ok := in.GetUID(); ok {
+		f.uid = &uid
+	}
+	if gid, ok := in.GetGID(); ok {
+		f.gid = &gid
+	}
+	if t, ok := in.GetATime(); ok {
+		f.atime = &t
+	}
+	if t, ok := in.GetMTime(); ok {
+		f.mtime = &t
+	}
+	f.attrMu.Unlock()
+	f.fillAttr(&out.Attr)
+	out.SetTimeout(attrTimeout)
+	return 0
+}
+
+// Whence values of lseek(2) that the kernel forwards to the file system.
+const (
+	seekData = 3
+	seekHole = 4
+)
+
+// Lseek answers SEEK_DATA and SEEK_HOLE from the image's block status, so
+// that cp --sparse, tar -S and qemu-img see the holes.
+func (f *imageFile) Lseek(ctx context.Context, _ fs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+	size := f.img.Size()
+	if off >= uint64(size) {
+		return 0, syscall.ENXIO
+	}
+	switch whence {
+	case seekData:
+		pos, err := f.img.SeekData(int64(off))
+		if err != nil {
+			return 0, f.toErrno(err, "seek data", int64(off), 0)
+		}
+		if pos < 0 {
+			return 0, syscall.ENXIO
+		}
+		return uint64(pos), 0
+	case seekHole:
+		pos, err := f.img.SeekHole(int64(off))
+		if err != nil {
+			return 0, f.toErrno(err, "seek hole", int64(off), 0)
+		}
+		return uint64(pos), 0
+	default:
+		return 0, syscall.EINVAL
+	}
+}
+
+// fallocate(2) mode bits.
+const (
+	fallocKeepSize  = 0x01
+	fallocPunchHole = 0x02
+	fallocZeroRange = 0x10
+)
+
+// Allocate implements fallocate(2): punching a hole discards, zeroing a
+// range writes zeroes (as flags where the format can), and plain
+// preallocation inside the disk is a no-op since the disk never grows.
+func (f *imageFile) Allocate(ctx context.Context, _ fs.FileHandle, off, length uint64, mode uint32) syscall.Errno {
+	if f.ro {
+		return syscall.EROFS
+	}
+	size := uint64(f.img.Size())
+	end := off + length
+	if end < off {
+		return syscall.EFBIG
+	}
+	keepSize := mode&fallocKeepSize != 0
+	if end > size && !keepSize {
+		// Would grow the file, which a virtual disk cannot do while mounted.
+		return syscall.ENOSPC
+	}
+	// With KEEP_SIZE, only the part inside the disk matters.
+	end = min(end, size)
+	if off >= end {
+		return 0
+	}
+	n := int64(end - off)
+	var err error
+	var op string
+	switch mode &^ fallocKeepSize {
+	case 0:
+		return 0
+	case fallocPunchHole:
+		if !keepSize { // the kernel enforces this too
+			return syscall.EOPNOTSUPP
+		}
+		op, err = "discard", f.img.Discard(int64(off), n)
+	case fallocZeroRange:
+		op, err = "write zeroes", f.img.WriteZeroes(int64(off), n)
+	default:
+		return syscall.EOPNOTSUPP
+	}
+	f.writeGen.Add(1)
+	return f.toErrno(err, op, int64(off), n)
+}

@@ -1,0 +1,190 @@
+package fusefs
+
+import (
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+
+	"github.com/qcow2fs/qcow2fs/qcow2"
+)
+
+// Server is a mounted qcow2fs file system.
+type Server struct {
+	fuse       *fuse.Server
+	mountpoint string
+	// views are the snapshot images this package opened; the caller's
+	// images stay the caller's to flush and close.
+	views     []*qcow2.Image
+	logPipe   io.Closer // feeds go-fuse's log lines into logrus
+	closeOnce sync.Once
+}
+
+// Mount mounts images at mountpoint and starts serving in the background.
+// It returns once the kernel has the mount. The caller keeps ownership of
+// images: after Wait returns, it flushes and closes them.
+func Mount(mountpoint string, images []*qcow2.Image, opts Options) (*Server, error) {
+	if len(images) == 0 {
+		return nil, fmt.Errorf("no image to mount")
+	}
+	if opts.Log == nil {
+		opts.Log = logrus.StandardLogger()
+	}
+	root, views, err := buildTree(images, opts)
+	if err != nil {
+		return nil, err
+	}
+	srv := &Server{mountpoint: mountpoint, views: views}
+	fsOpts, logPipe := fuseOptions(images, opts)
+	srv.logPipe = logPipe
+	fsrv, err := fs.Mount(mountpoint, root, fsOpts)
+	if err != nil {
+		srv.closeViews()
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	srv.fuse = fsrv
+	return srv, nil
+}
+
+// Mountpoint returns the directory the file system is mounted on.
+func (s *Server) Mountpoint() string { return s.mountpoint }
+
+// Unmount asks the kernel to unmount. It fails (EBUSY) while files are open.
+func (s *Server) Unmount() error { return s.fuse.Unmount() }
+
+// Wait blocks until the file system is unmounted (by Unmount, umount(8) or
+// fusermount3 -u) and every request is answered, then releases the
+// snapshot views. After it returns the caller may close the images.
+func (s *Server) Wait() {
+	s.fuse.Wait()
+	s.closeViews()
+}
+
+func (s *Server) closeViews() {
+	s.closeOnce.Do(func() {
+		for _, v := range s.views {
+			v.Close()
+		}
+		s.logPipe.Close()
+	})
+}
+
+// buildTree makes the root directory with one file per image and per
+// snapshot. A name used twice is an error: the user must rename an image
+// rather than have one silently hide another.
+func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, error) {
+	root := &rootDir{statfsPath: filepath.Dir(images[0].Path())}
+	var views []*qcow2.Image
+	fail := func(err error) (*rootDir, []*qcow2.Image, error) {
+		for _, v := range views {
+			v.Close()
+		}
+		return nil, nil, err
+	}
+	owner := map[string]string{} // file name → image path
+	add := func(img *qcow2.Image, name string) error {
+		if err := checkFileName(name); err != nil {
+			return fmt.Errorf("%s: %w", img.Path(), err)
+		}
+		if other, ok := owner[name]; ok {
+			if other == img.Path() {
+				return fmt.Errorf("%s: two snapshots would both appear as %s (rename one, or mount with snapshots=off)", img.Path(), name)
+			}
+			return fmt.Errorf("%s and %s would both appear as %s; rename one of them", other, img.Path(), name)
+		}
+		owner[name] = img.Path()
+		root.files = append(root.files, newImageFile(img, name, opts.ReadOnly, opts.DirectIO, opts.Log))
+		return nil
+	}
+	for _, img := range images {
+		if err := add(img, rawName(img.Path())); err != nil {
+			return fail(err)
+		}
+	}
+	if opts.NoSnapshots {
+		return root, nil, nil
+	}
+	for _, img := range images {
+		for _, sn := range img.Snapshots() {
+			if err := checkSnapshotName(sn.Name); err != nil {
+				opts.Log.Warnf("%s: snapshot %s not shown: %v", img.Path(), sn.ID, err)
+				continue
+			}
+			v, err := img.OpenSnapshot(sn.Name)
+			if err != nil {
+				return fail(fmt.Errorf("open snapshot %q: %w", sn.Name, err))
+			}
+			views = append(views, v)
+			if err := add(v, snapshotName(img.Path(), sn.Name)); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	return root, views, nil
+}
+
+// fuseOptions turns our options into go-fuse's.
+func fuseOptions(images []*qcow2.Image, opts Options) (*fs.Options, io.Closer) {
+	fsName := opts.FsName
+	if fsName == "" {
+		paths := make([]string, len(images))
+		for i, img := range images {
+			paths[i] = img.Path()
+		}
+		fsName = strings.Join(paths, ",")
+	}
+	// nodev/nosuid: device nodes and setuid bits make no sense on raw disk
+	// files. go-fuse turns these into mount flags for a direct mount and
+	// passes them on to fusermount3 otherwise.
+	mopts := []string{"nodev", "nosuid"}
+	flags := uintptr(syscall.MS_NODEV | syscall.MS_NOSUID)
+	if opts.ReadOnly {
+		// A direct mount passes "ro" to the kernel as a string, which only
+		// marks the superblock; the flag makes the mount itself read-only
+		// (what /proc/mounts shows and what mount(8) checks).
+		mopts = append(mopts, "ro", "noexec")
+		flags |= syscall.MS_RDONLY | syscall.MS_NOEXEC
+	}
+	if opts.DefaultPermissions {
+		mopts = append(mopts, "default_permissions")
+	}
+	// go-fuse's own diagnostics (and, with Debug, its request trace) go
+	// to our log rather than to a stderr that a daemon no longer has.
+	level := logrus.WarnLevel
+	if opts.Debug {
+		level = logrus.InfoLevel
+	}
+	pipe := opts.Log.WriterLevel(level)
+	goLog := log.New(pipe, "go-fuse: ", 0)
+	entry, neg, attr := entryTimeout, negativeTimeout, attrTimeout
+	return &fs.Options{
+		MountOptions: fuse.MountOptions{
+			Name:         "qcow2fs",
+			FsName:       fsName,
+			AllowOther:   opts.AllowOther,
+			Options:      mopts,
+			MaxWrite:     maxWrite,
+			MaxReadAhead: maxReadAhead,
+			// As root, mount(2) directly rather than through fusermount3
+			// (go-fuse falls back to fusermount3 when that fails).
+			DirectMount:      os.Geteuid() == 0,
+			DirectMountFlags: flags,
+			Debug:            opts.Debug,
+			Logger:           goLog,
+			// The files have no extended attributes.
+			DisableXAttrs: true,
+		},
+		EntryTimeout:    &entry,
+		NegativeTimeout: &neg,
+		AttrTimeout:     &attr,
+		Logger:          goLog,
+	}, pipe
+}

@@ -1,0 +1,59 @@
+package fusefs
+
+import (
+	"context"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// rootDir is the mount's only directory. Its entries are fixed at mount
+// time; lookups and readdir are served by go-fuse from the children added
+// in OnAdd.
+type rootDir struct {
+	fs.Inode
+
+	files []*imageFile
+	// statfsPath is a path on the host file system that holds the images;
+	// df on the mount reports that file system's figures.
+	statfsPath string
+}
+
+var (
+	_ fs.NodeOnAdder   = (*rootDir)(nil)
+	_ fs.NodeStatfser  = (*rootDir)(nil)
+	_ fs.NodeGetattrer = (*rootDir)(nil)
+)
+
+// OnAdd creates one persistent inode per file, with stable inode numbers
+// (the root is 1) so tools that remember inodes see the same file.
+func (r *rootDir) OnAdd(ctx context.Context) {
+	for i, f := range r.files {
+		ch := r.NewPersistentInode(ctx, f, fs.StableAttr{Mode: syscall.S_IFREG, Ino: uint64(i) + 2})
+		r.AddChild(f.name, ch, false)
+	}
+}
+
+func (r *rootDir) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(r.statfsPath, &st); err != nil {
+		return fs.ToErrno(err)
+	}
+	out.FromStatfsT(&st)
+	return 0
+}
+
+func (r *rootDir) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	var st syscall.Stat_t
+	if err := syscall.Stat(r.statfsPath, &st); err == nil {
+		out.FromStat(&st)
+	}
+	out.Ino = 1
+	out.Size = 0
+	out.Blocks = 0
+	out.Mode = syscall.S_IFDIR | 0o755
+	out.Nlink = 2
+	out.SetTimeout(attrTimeout)
+	return 0
+}
