@@ -210,8 +210,8 @@ func (c *Cache) insert(key uint64, buf []byte) *Block {
 
 // newBuf returns a buffer for a new block, evicting the least recently used
 // block when the cache is full. A dirty victim is written back first (after
-// the dependency flush); if that fails the cache grows past its capacity
-// rather than lose data, and the error is returned.
+// the dependency flush); if that fails the victim stays cached and dirty
+// (nothing is lost) and the error is returned.
 func (c *Cache) newBuf() ([]byte, error) {
 	if len(c.blocks) >= c.capacity {
 		for e := c.lru.Back(); e != nil; e = e.Prev() {
