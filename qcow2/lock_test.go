@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"errors"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -65,24 +66,36 @@ func TestLockingWithQEMU(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	deadline := time.Now().Add(5 * time.Second)
+	// Wait until qemu-io holds its write lock (byte 101), without taking
+	// any lock ourselves, so we never race it for the image.
+	probe, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	deadline := time.Now().Add(30 * time.Second)
 	for {
-		im, err := Open(path, OpenOptions{})
-		if err == nil {
-			im.Close()
+		held, err := lockHeld(int(probe.Fd()), lockPermBase+1)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if errors.Is(err, ErrLocked) {
-			if !strings.Contains(err.Error(), path) {
-				t.Errorf("lock error does not name the file: %v", err)
-			}
+		if held {
 			break
 		}
-		if err == nil {
-			// qemu-io may not have taken its locks yet.
-			if time.Now().After(deadline) {
-				t.Fatal("opened an image qemu-io holds writable")
-			}
+		if time.Now().After(deadline) {
+			t.Fatal("qemu-io never took its write lock")
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
+	}
+	im, err = Open(path, OpenOptions{})
+	if err == nil {
+		im.Close()
+		t.Fatal("opened an image qemu-io holds writable")
+	}
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), path) {
+		t.Errorf("want a lock error naming the file, got %v", err)
+	}
+	if _, err := Open(path, OpenOptions{ReadOnly: true}); !errors.Is(err, ErrLocked) {
+		t.Errorf("read-only open beside qemu-io's writer: %v", err)
 	}
 }

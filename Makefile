@@ -1,0 +1,45 @@
+# qcow2fs — build, test, install and demo. Run the test and demo targets as
+# root: they mount FUSE filesystems and attach loop devices.
+
+# Go lives in /usr/local/go on the machines we build on; keep a Go already
+# on PATH first.
+export PATH := $(PATH):/usr/local/go/bin
+
+GO       ?= go
+BIN      := bin/qcow2fs
+PREFIX   ?= /usr/local
+SBINDIR  ?= /sbin
+# Extra flags for go test, e.g. make test TESTFLAGS='-v -run TestReadMatrix'.
+TESTFLAGS ?=
+
+.PHONY: build test vet fmt install demo clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/qcow2fs
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w $$($(GO) list -f '{{.Dir}}' ./...)
+
+# Unit tests and the end-to-end tests in integration/ (root, /dev/fuse,
+# qemu-img, ...). The integration run takes about ten minutes on two cores.
+test: vet
+	$(GO) test -count=1 -timeout 40m $(TESTFLAGS) ./...
+
+# mount(8) runs /sbin/mount.fuse.qcow2fs for fstab entries of type
+# fuse.qcow2fs, and /sbin/mount.qcow2fs for type qcow2fs.
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/qcow2fs
+	install -d $(DESTDIR)$(SBINDIR)
+	ln -sf $(PREFIX)/bin/qcow2fs $(DESTDIR)$(SBINDIR)/mount.fuse.qcow2fs
+	ln -sf $(PREFIX)/bin/qcow2fs $(DESTDIR)$(SBINDIR)/mount.qcow2fs
+
+# On a fresh Debian machine as root: installs what it needs, builds, makes
+# a sample image and shows it mounted.
+demo:
+	bash scripts/demo.sh
+
+clean:
+	rm -rf bin

@@ -1,0 +1,157 @@
+package integration
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"io/fs"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// QEMU's tools are the oracle: images are made with qemu-img/qemu-io and what
+// qcow2fs shows is compared with what qemu-img reads.
+
+// qemuCreate makes a qcow2 image. opts is qemu-img's -o string (may be "");
+// backing, when not "", is passed as -b with format backingFmt.
+func qemuCreate(t testing.TB, path, size, opts, backing, backingFmt string) {
+	t.Helper()
+	args := []string{"create", "-q", "-f", "qcow2"}
+	if opts != "" {
+		args = append(args, "-o", opts)
+	}
+	if backing != "" {
+		args = append(args, "-b", backing, "-F", backingFmt)
+	}
+	args = append(args, path, size)
+	// Relative backing names resolve against the image's directory; run
+	// there so qemu-img can find the backing file to learn its size.
+	runIn(t, filepath.Dir(path), "qemu-img", args...)
+}
+
+// qemuIO runs qemu-io commands (e.g. "write -P 0x11 0 64k") on a qcow2 image,
+// from the image's directory so "-s FILE" names may be relative.
+func qemuIO(t testing.TB, path string, cmds ...string) {
+	t.Helper()
+	args := []string{"-f", "qcow2"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	args = append(args, path)
+	runIn(t, filepath.Dir(path), "qemu-io", args...)
+}
+
+// qemuToRaw writes the guest view of img (or of its internal snapshot snap,
+// when not "") to out as a raw file.
+func qemuToRaw(t testing.TB, img, snap, out string) {
+	t.Helper()
+	args := []string{"convert", "-O", "raw"}
+	if snap != "" {
+		args = append(args, "-l", "snapshot.name="+snap)
+	}
+	args = append(args, img, out)
+	run(t, "qemu-img", args...)
+}
+
+// qemuImageInfo is the part of `qemu-img info --output=json` the tests use.
+type qemuImageInfo struct {
+	VirtualSize int64  `json:"virtual-size"`
+	ClusterSize int64  `json:"cluster-size"`
+	Format      string `json:"format"`
+	Dirty       bool   `json:"dirty-flag"`
+	Snapshots   []struct {
+		Name string `json:"name"`
+	} `json:"snapshots"`
+}
+
+func qemuInfo(t testing.TB, img string) qemuImageInfo {
+	t.Helper()
+	// -U: the image may be open in a qcow2fs mount at this point.
+	out := run(t, "qemu-img", "info", "-U", "--output=json", img)
+	var info qemuImageInfo
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		t.Fatalf("qemu-img info %s: %v\n%s", img, err, out)
+	}
+	return info
+}
+
+// qemuCheckClean asserts `qemu-img check` finds neither errors nor leaks.
+func qemuCheckClean(t testing.TB, img string) {
+	t.Helper()
+	r := execute("", "qemu-img", "check", img)
+	if r.Code != 0 || strings.Contains(r.Stdout, "leaked") {
+		t.Errorf("qemu-img check %s is not clean: %s", img, r)
+	}
+}
+
+// qemuCompareRaw asserts the qcow2 image reads exactly like the raw file.
+func qemuCompareRaw(t testing.TB, raw, img string) {
+	t.Helper()
+	r := execute("", "qemu-img", "compare", "-f", "raw", "-F", "qcow2", raw, img)
+	if r.Code != 0 {
+		t.Errorf("qemu-img compare %s %s: images differ: %s", raw, img, r)
+	}
+}
+
+// writeRandomFile makes a file of n pseudo-random bytes (deterministic in
+// seed), for qemu-io's "write -s FILE".
+func writeRandomFile(t testing.TB, path string, seed int64, n int) []byte {
+	t.Helper()
+	buf := make([]byte, n)
+	rand.New(rand.NewSource(seed)).Read(buf)
+	if err := os.WriteFile(path, buf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return buf
+}
+
+// hashTree returns the sha256 of every regular file under dir, by path.
+func hashTree(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	sums := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return err
+		}
+		sums[p] = hex.EncodeToString(h.Sum(nil))
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("hash %s: %v", dir, err)
+	}
+	return sums
+}
+
+// assertSameHashes reports every file whose hash changed, appeared or vanished.
+func assertSameHashes(t testing.TB, before, after map[string]string) {
+	t.Helper()
+	for p, h := range before {
+		switch a, ok := after[p]; {
+		case !ok:
+			t.Errorf("%s vanished", p)
+		case a != h:
+			t.Errorf("%s changed: sha256 %s before, %s after", p, h, a)
+		}
+	}
+	for p := range after {
+		if _, ok := before[p]; !ok {
+			t.Errorf("%s appeared", p)
+		}
+	}
+}
