@@ -226,7 +226,7 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 		return nil, formatErr(s.path, "unsupported incompatible features: %s", s.featureList(0, unknown))
 	}
 	if h.IncompatibleFeatures&IncompatCorrupt != 0 {
-		if !s.ro {
+		if !s.ro && !opts.repair {
 			return nil, formatErr(s.path, "image is marked corrupt; open it read-only (--ro) or repair it (qemu-img check -r all)")
 		}
 		s.warn(fmt.Sprintf("%s: image is marked corrupt; reading it read-only", s.path))
@@ -320,6 +320,9 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 			return nil, formatErr(s.path, "image uses external data file %q and external files are disabled", s.dataFileName)
 		}
 		s.dataFilePath = resolveRelative(s.path, s.dataFileName)
+		if err := checkNamedFile(s.dataFilePath); err != nil {
+			return nil, formatErr(s.path, "external data file: %v", err)
+		}
 		flag := os.O_RDWR
 		if s.ro {
 			flag = os.O_RDONLY
@@ -483,6 +486,9 @@ func resolveRelative(imagePath, name string) string {
 
 // openLayer opens a backing file read-only as qcow2 or raw.
 func openLayer(path, format string, opts OpenOptions, seen map[string]bool) (layer, error) {
+	if err := checkNamedFile(path); err != nil {
+		return nil, err
+	}
 	if format == "" {
 		f, err := os.Open(path)
 		if err != nil {
