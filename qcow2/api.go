@@ -21,6 +21,8 @@ type OpenOptions struct {
 	// Warn receives non-fatal warnings (corrupt bit on a read-only open, ...).
 	// May be nil.
 	Warn func(msg string)
+	// repair lets Check --repair open an image marked corrupt read-write.
+	repair bool
 }
 
 // ExtentKind says what a run of guest bytes holds.
