@@ -12,7 +12,7 @@ SBINDIR  ?= /sbin
 # Extra flags for go test, e.g. make test TESTFLAGS='-v -run TestReadMatrix'.
 TESTFLAGS ?=
 
-.PHONY: build test vet fmt install demo clean
+.PHONY: build test vet fmt install demo clean fuzz soak
 
 build:
 	$(GO) build -o $(BIN) ./cmd/qcow2fs
@@ -27,6 +27,22 @@ fmt:
 # qemu-img, ...). The integration run takes about ten minutes on two cores.
 test: vet
 	$(GO) test -count=1 -timeout 40m $(TESTFLAGS) ./...
+	$(MAKE) fuzz
+
+# Each fuzz target for a short while (the seed corpus already ran in go
+# test). FUZZTIME=10m for a real campaign.
+FUZZTIME ?= 10s
+FUZZ_TARGETS := FuzzParseHeader FuzzOpen FuzzOpenWrite FuzzSnapshotTable FuzzL2Entry FuzzDecompress
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $$t for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 20x ./qcow2 || exit 1; \
+	done
+
+# A long fio workload with verification through a loop device on a mount,
+# sampling the daemon's RSS (not part of CI). SOAK_MINUTES=10 by default.
+soak: build
+	bash scripts/soak.sh
 
 # mount(8) runs /sbin/mount.fuse.qcow2fs for fstab entries of type
 # fuse.qcow2fs, and /sbin/mount.qcow2fs for type qcow2fs.
