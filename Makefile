@@ -32,7 +32,7 @@ test: vet
 # Each fuzz target for a short while (the seed corpus already ran in go
 # test). FUZZTIME=10m for a real campaign.
 FUZZTIME ?= 10s
-FUZZ_TARGETS := FuzzParseHeader FuzzOpen FuzzOpenWrite FuzzSnapshotTable FuzzL2Entry FuzzDecompress
+FUZZ_TARGETS := FuzzParseHeader FuzzOpen FuzzOpenWrite FuzzSnapshotTable FuzzL2Entry FuzzDecompress FuzzRefcountBlock
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $$t for $(FUZZTIME)"; \
@@ -59,3 +59,11 @@ demo:
 
 clean:
 	rm -rf bin
+
+# Benchmarks qcow2fs against QEMU's FUSE export and a go-fuse passthrough
+# server (as root; installs fio and QEMU's tools if missing; about ten
+# minutes). Prints a table and writes docs/PERFORMANCE.md. Shorter runs:
+# make bench BENCH_RUNTIME=3; a subset: BENCH_ONLY=main,rss.
+.PHONY: bench
+bench:
+	bash scripts/bench.sh
