@@ -20,7 +20,9 @@ command -v fio >/dev/null || apt-get install -y fio
 mkdir -p "$mnt"
 qemu-img create -q -f qcow2 "$img" 2G
 "$bin" mount --log "$work/daemon.log" "$img" "$mnt"
-pid=$(pgrep -f "qcow2fs.*$mnt" | head -1)
+# The daemon records its pid in a run-state file named after the mount.
+pid=$(grep -l "\"mountpoint\": *\"$mnt\"" /run/qcow2fs/*.json | xargs cat | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' | head -1)
+[ -n "$pid" ] || { echo "soak: cannot find the daemon's pid" >&2; exit 1; }
 loop=$(losetup --find --show --direct-io=on "$mnt/soak.raw")
 echo "soak: $minutes min on $loop (daemon pid $pid); RSS samples (KiB):"
 fio --name=soak --filename="$loop" --ioengine=psync --direct=1 --rw=randrw --rwmixread=50 \
