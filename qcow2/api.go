@@ -8,7 +8,9 @@ type OpenOptions struct {
 	// ReadOnly opens every file of the chain O_RDONLY; nothing is ever
 	// written to any of them (a dirty image is repaired in memory only).
 	ReadOnly bool
-	// NoBacking refuses images that name a backing file (for untrusted images).
+	// NoBacking opens no backing file: a read-only open shows the top layer
+	// alone (unallocated space reads as zeros); a read-write open of an image
+	// that names a backing file is refused. For untrusted images.
 	NoBacking bool
 	// NoDataFile refuses images that name an external data file.
 	NoDataFile bool

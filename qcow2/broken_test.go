@@ -383,8 +383,9 @@ func TestCorruptBitReadOnly(t *testing.T) {
 	}
 }
 
-// NoBacking and NoDataFile refuse images that name other files (untrusted
-// images must not expose host files).
+// NoDataFile refuses images that need a data file, and NoBacking refuses a
+// read-write open of an image with a backing file (untrusted images must not
+// expose host files; see TestNoBackingTopLayer for the read-only case).
 func TestRefuseExternalFiles(t *testing.T) {
 	needQEMU(t)
 	dir := t.TempDir()
@@ -396,7 +397,7 @@ func TestRefuseExternalFiles(t *testing.T) {
 		opts OpenOptions
 		want string
 	}{
-		{withBacking, OpenOptions{ReadOnly: true, NoBacking: true}, "base.qcow2"},
+		{withBacking, OpenOptions{NoBacking: true}, "base.qcow2"},
 		{withData, OpenOptions{ReadOnly: true, NoDataFile: true}, "data.bin"},
 	} {
 		img, err := Open(c.path, c.opts)
@@ -431,4 +432,29 @@ func createLUKS(t *testing.T, dir string) string {
 	}
 	t.Fatalf("qemu-img create (LUKS): %v\n%s", err, out)
 	return ""
+}
+
+// TestNoBackingTopLayer: read-only with NoBacking shows the top layer alone
+// and opens nothing the image names.
+func TestNoBackingTopLayer(t *testing.T) {
+	needQEMU(t)
+	dir := t.TempDir()
+	base := createImage(t, dir, "base.qcow2", mib, "")
+	runCmd(t, dir, "qemu-io", "-c", "write -P 0x11 0 1M", "base.qcow2")
+	over := createImage(t, dir, "over.qcow2", mib, "", "-b", "base.qcow2", "-F", "qcow2")
+	runCmd(t, dir, "qemu-io", "-c", "write -P 0x22 65536 4096", "over.qcow2")
+	os.Remove(base) // must not be needed
+	img, err := Open(over, OpenOptions{ReadOnly: true, NoBacking: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if len(img.Files()) != 1 {
+		t.Errorf("files opened: %v", img.Files())
+	}
+	buf := make([]byte, 8192)
+	img.ReadAt(buf, 65536-4096)
+	if buf[0] != 0 || buf[4096] != 0x22 {
+		t.Fatalf("top layer alone: %#x %#x", buf[0], buf[4096])
+	}
 }

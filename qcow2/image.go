@@ -354,13 +354,15 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 	}
 
 	// Backing chain.
-	if s.backingName != "" {
-		if opts.NoBacking {
-			return nil, formatErr(s.path, "image has backing file %q and backing files are disabled", s.backingName)
+	if s.backingName != "" && opts.NoBacking {
+		// The top layer alone: unallocated space reads as zeros, and no
+		// file named inside the image is opened. Writing would copy zeros
+		// where the backing file's data belongs, so only read-only.
+		if !s.ro {
+			return nil, formatErr(s.path, "image has backing file %q: backing files are disabled, which is only allowed read-only", s.backingName)
 		}
-		if s.dataFileName != "" && s.rawExt {
-			// QEMU allows this combination; nothing special for reads.
-		}
+		s.warn(fmt.Sprintf("%s: backing file %q not opened (backing disabled): unallocated space reads as zeros", s.path, s.backingName))
+	} else if s.backingName != "" {
 		s.backingPath = resolveRelative(s.path, s.backingName)
 		bopts := opts
 		bopts.ReadOnly = true
