@@ -306,9 +306,9 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 	}
 	slice := l2SliceSize(s.g)
 	s.l2c = cache.New(int(cacheBytes/slice), int(slice), s.loadBlock, s.writeBlock)
-	zEntries := int(max(4, (8<<20)/cs))
+	zEntries := int(max(4, (4<<20)/cs)) // decompressed clusters
 	s.zc = cache.New(zEntries, int(cs), s.loadCompressed, nil)
-	s.rc = cache.New(int(max(16, (4<<20)/cs)), int(cs), s.loadBlock, s.writeBlock)
+	s.rc = cache.New(int(max(4, (2<<20)/cs)), int(cs), s.loadBlock, s.writeBlock)
 	s.l2c.DependOn(s.rc, s.syncMeta)
 
 	// External data file.
