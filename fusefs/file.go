@@ -16,9 +16,10 @@ import (
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
-// imageFile is the raw view of one image (or of one internal snapshot).
-// It holds no per-open state: every operation goes straight to the image,
-// whose methods are safe for concurrent use, so requests run in parallel.
+// imageFile is the raw view of one image (or of one internal snapshot), or
+// of a window of it: one partition, for --partitions. It holds no per-open
+// state: every operation goes straight to the image, whose methods are safe
+// for concurrent use, so requests run in parallel.
 type imageFile struct {
 	fs.Inode
 
@@ -27,6 +28,11 @@ type imageFile struct {
 	ro       bool // read-only mount, read-only image, or snapshot view
 	directIO bool
 	log      logrus.FieldLogger
+
+	// The file shows bytes [base, base+length) of the virtual disk; whole
+	// is set for the full disk (base 0, length the virtual size).
+	base, length int64
+	whole        bool
 
 	// writeGen counts completed modifications; flushedGen is the count the
 	// last successful flush covered. close() and fsync() only pay for an
@@ -60,13 +66,24 @@ var (
 )
 
 func newImageFile(img *qcow2.Image, name string, ro, directIO bool, log logrus.FieldLogger) *imageFile {
+	f := newWindowFile(img, name, 0, img.Size(), ro, directIO, log)
+	f.whole = true
+	return f
+}
+
+// newWindowFile makes a file showing length bytes of the disk from base
+// (a partition).
+func newWindowFile(img *qcow2.Image, name string, base, length int64, ro, directIO bool, log logrus.FieldLogger) *imageFile {
 	ro = ro || img.ReadOnly()
 	mode := uint32(0o644)
 	if ro {
 		mode = 0o444
 	}
-	return &imageFile{img: img, name: name, ro: ro, directIO: directIO, log: log, mode: mode}
+	return &imageFile{img: img, name: name, ro: ro, directIO: directIO, log: log, mode: mode, base: base, length: length}
 }
+
+// size is the file's size: the virtual disk's, or the window's.
+func (f *imageFile) size() int64 { return f.length }
 
 // Open refuses write access to read-only files. There is no file handle:
 // all state lives in the node.
@@ -86,16 +103,16 @@ func (f *imageFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint
 // Read fills dest straight from the image; go-fuse owns dest, so no copy or
 // buffer pool is needed. A read crossing the end of the disk is short.
 func (f *imageFile) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	size := f.img.Size()
+	size := f.size()
 	if off >= size || len(dest) == 0 {
 		return fuse.ReadResultData(nil), 0
 	}
 	if rest := size - off; int64(len(dest)) > rest {
 		dest = dest[:rest]
 	}
-	n, err := f.img.ReadAt(dest, off)
+	n, err := f.img.ReadAt(dest, f.base+off)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, f.toErrno(err, "read", off, int64(len(dest)))
+		return nil, f.toErrno(err, "read", f.base+off, int64(len(dest)))
 	}
 	// io.EOF: the end of the disk came first; a short read says so.
 	return fuse.ReadResultData(dest[:n]), 0
@@ -111,18 +128,18 @@ func (f *imageFile) Write(ctx context.Context, _ fs.FileHandle, data []byte, off
 	if len(data) == 0 {
 		return 0, 0
 	}
-	size := f.img.Size()
+	size := f.size()
 	if off >= size {
 		return 0, syscall.ENOSPC
 	}
 	if rest := size - off; int64(len(data)) > rest {
 		data = data[:rest]
 	}
-	n, err := f.img.WriteAt(data, off)
+	n, err := f.img.WriteAt(data, f.base+off)
 	// Even a failed write may have changed metadata: let the next flush run.
 	f.writeGen.Add(1)
 	if err != nil {
-		return uint32(n), f.toErrno(err, "write", off, int64(len(data)))
+		return uint32(n), f.toErrno(err, "write", f.base+off, int64(len(data)))
 	}
 	return uint32(n), 0
 }
@@ -172,8 +189,15 @@ func (f *imageFile) fillAttr(a *fuse.Attr) {
 		a.Mtime, a.Mtimensec = uint64(st.Mtim.Sec), uint32(st.Mtim.Nsec)
 		a.Ctime, a.Ctimensec = uint64(st.Ctim.Sec), uint32(st.Ctim.Nsec)
 	}
-	a.Size = uint64(f.img.Size())
-	a.Blocks = uint64(f.img.HostBytes()+511) / 512
+	a.Size = uint64(f.size())
+	held := f.img.HostBytes()
+	if !f.whole {
+		// A partition's own allocation would take a walk over its part of
+		// the block status on every stat; the image's, capped at the
+		// partition's size, is a cheap upper bound.
+		held = min(held, f.size())
+	}
+	a.Blocks = uint64(held+511) / 512
 	a.Blksize = blockSize
 	a.Nlink = 1
 
@@ -198,7 +222,7 @@ func (f *imageFile) fillAttr(a *fuse.Attr) {
 // changes: the virtual size is changed offline, not under a mounted file.
 // Setting the size it already has is accepted (some tools do that).
 func (f *imageFile) Setattr(ctx context.Context, _ fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if sz, ok := in.GetSize(); ok && int64(sz) != f.img.Size() {
+	if sz, ok := in.GetSize(); ok && int64(sz) != f.size() {
 		f.log.WithField("image", f.img.Path()).Warnf(
 			"refused to change the size of %s to %d bytes while mounted; unmount and run `qcow2fs resize`", f.name, sz)
 		return syscall.EPERM
@@ -234,26 +258,28 @@ const (
 // Lseek answers SEEK_DATA and SEEK_HOLE from the image's block status, so
 // that cp --sparse, tar -S and qemu-img see the holes.
 func (f *imageFile) Lseek(ctx context.Context, _ fs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
-	size := f.img.Size()
+	size := f.size()
 	if off >= uint64(size) {
 		return 0, syscall.ENXIO
 	}
+	end := f.base + size // on the disk
 	switch whence {
 	case seekData:
-		pos, err := f.img.SeekData(int64(off))
+		pos, err := f.img.SeekData(f.base + int64(off))
 		if err != nil {
-			return 0, f.toErrno(err, "seek data", int64(off), 0)
+			return 0, f.toErrno(err, "seek data", f.base+int64(off), 0)
 		}
-		if pos < 0 {
+		if pos < 0 || pos >= end {
 			return 0, syscall.ENXIO
 		}
-		return uint64(pos), 0
+		return uint64(pos - f.base), 0
 	case seekHole:
-		pos, err := f.img.SeekHole(int64(off))
+		pos, err := f.img.SeekHole(f.base + int64(off))
 		if err != nil {
-			return 0, f.toErrno(err, "seek hole", int64(off), 0)
+			return 0, f.toErrno(err, "seek hole", f.base+int64(off), 0)
 		}
-		return uint64(pos), 0
+		// The end of the window is a hole boundary like the end of a file.
+		return uint64(min(pos, end) - f.base), 0
 	default:
 		return 0, syscall.EINVAL
 	}
@@ -273,7 +299,7 @@ func (f *imageFile) Allocate(ctx context.Context, _ fs.FileHandle, off, length u
 	if f.ro {
 		return syscall.EROFS
 	}
-	size := uint64(f.img.Size())
+	size := uint64(f.size())
 	end := off + length
 	if end < off {
 		return syscall.EFBIG
@@ -289,6 +315,7 @@ func (f *imageFile) Allocate(ctx context.Context, _ fs.FileHandle, off, length u
 		return 0
 	}
 	n := int64(end - off)
+	at := f.base + int64(off) // on the disk
 	var err error
 	var op string
 	switch mode &^ fallocKeepSize {
@@ -298,12 +325,12 @@ func (f *imageFile) Allocate(ctx context.Context, _ fs.FileHandle, off, length u
 		if !keepSize { // the kernel enforces this too
 			return syscall.EOPNOTSUPP
 		}
-		op, err = "discard", f.img.Discard(int64(off), n)
+		op, err = "discard", f.img.Discard(at, n)
 	case fallocZeroRange:
-		op, err = "write zeroes", f.img.WriteZeroes(int64(off), n)
+		op, err = "write zeroes", f.img.WriteZeroes(at, n)
 	default:
 		return syscall.EOPNOTSUPP
 	}
 	f.writeGen.Add(1)
-	return f.toErrno(err, op, int64(off), n)
+	return f.toErrno(err, op, at, n)
 }

@@ -45,8 +45,20 @@ func Mount(mountpoint string, images []*qcow2.Image, opts Options) (*Server, err
 	srv := &Server{mountpoint: mountpoint, views: views}
 	fsOpts, logPipe := fuseOptions(images, opts)
 	srv.logPipe = logPipe
-	fsrv, err := fs.Mount(mountpoint, root, fsOpts)
+	// What fs.Mount does, with room to wrap the node file system.
+	var raw fuse.RawFileSystem = fs.NewNodeFS(root, fsOpts)
+	if opts.AllowRoot {
+		raw = &onlyOwnerAndRoot{RawFileSystem: raw, owner: mountOwner()}
+	}
+	fsrv, err := fuse.NewServer(raw, mountpoint, &fsOpts.MountOptions)
 	if err != nil {
+		srv.closeViews()
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	go fsrv.Serve()
+	if err := fsrv.WaitMount(); err != nil {
+		// The kernel never answered INIT: take the mount down again.
+		fsrv.Unmount()
 		srv.closeViews()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
@@ -78,9 +90,19 @@ func (s *Server) closeViews() {
 }
 
 // buildTree makes the root directory with one file per image and per
-// snapshot. A name used twice is an error: the user must rename an image
-// rather than have one silently hide another.
+// snapshot (and per partition, and the info files, when asked). A name used
+// twice is an error: the user must rename an image rather than have one
+// silently hide another.
 func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, error) {
+	if opts.Names != nil && len(opts.Names) != len(images) {
+		return nil, nil, fmt.Errorf("%d names for %d images", len(opts.Names), len(images))
+	}
+	if opts.Log == nil {
+		opts.Log = logrus.StandardLogger()
+	}
+	if opts.Warn == nil {
+		opts.Warn = func(msg string) { opts.Log.Warn(msg) }
+	}
 	root := &rootDir{statfsPath: filepath.Dir(images[0].Path())}
 	var views []*qcow2.Image
 	fail := func(err error) (*rootDir, []*qcow2.Image, error) {
@@ -90,29 +112,62 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 		return nil, nil, err
 	}
 	owner := map[string]string{} // file name → image path
-	add := func(img *qcow2.Image, name string) error {
+	claim := func(img *qcow2.Image, name string) error {
 		if err := checkFileName(name); err != nil {
 			return fmt.Errorf("%s: %w", img.Path(), err)
 		}
 		if other, ok := owner[name]; ok {
 			if other == img.Path() {
-				return fmt.Errorf("%s: two snapshots would both appear as %s (rename one, or mount with snapshots=off)", img.Path(), name)
+				return fmt.Errorf("%s: two of its files would both appear as %s (rename a snapshot, or mount with snapshots=off)", img.Path(), name)
 			}
 			return fmt.Errorf("%s and %s would both appear as %s; rename one of them", other, img.Path(), name)
 		}
 		owner[name] = img.Path()
+		return nil
+	}
+	add := func(img *qcow2.Image, name string) error {
+		if err := claim(img, name); err != nil {
+			return err
+		}
 		root.files = append(root.files, newImageFile(img, name, opts.ReadOnly, opts.DirectIO, opts.Log))
 		return nil
 	}
-	for _, img := range images {
-		if err := add(img, rawName(img.Path())); err != nil {
+	stems := make([]string, len(images))
+	for i, img := range images {
+		stems[i] = stem(img.Path())
+		if opts.Names != nil && opts.Names[i] != "" {
+			stems[i] = opts.Names[i]
+		}
+	}
+	for i, img := range images {
+		if err := add(img, stems[i]+".raw"); err != nil {
 			return fail(err)
+		}
+	}
+	if opts.Partitions {
+		for i, img := range images {
+			for _, p := range readPartitions(img, opts.Warn) {
+				name := partitionName(stems[i], p.Number)
+				if err := claim(img, name); err != nil {
+					return fail(err)
+				}
+				root.files = append(root.files, newWindowFile(img, name, p.Start, p.Size, opts.ReadOnly, opts.DirectIO, opts.Log))
+			}
+		}
+	}
+	if opts.InfoText != nil {
+		for i, img := range images {
+			name := stems[i] + ".info"
+			if err := claim(img, name); err != nil {
+				return fail(err)
+			}
+			root.infos = append(root.infos, &infoFile{name: name, text: func() []byte { return opts.InfoText(img) }, statPath: img.Path()})
 		}
 	}
 	if opts.NoSnapshots {
 		return root, nil, nil
 	}
-	for _, img := range images {
+	for i, img := range images {
 		for _, sn := range img.Snapshots() {
 			if err := checkSnapshotName(sn.Name); err != nil {
 				opts.Log.Warnf("%s: snapshot %s not shown: %v", img.Path(), sn.ID, err)
@@ -123,7 +178,7 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 				return fail(fmt.Errorf("open snapshot %q: %w", sn.Name, err))
 			}
 			views = append(views, v)
-			if err := add(v, snapshotName(img.Path(), sn.Name)); err != nil {
+			if err := add(v, stems[i]+"@"+sn.Name+".raw"); err != nil {
 				return fail(err)
 			}
 		}
@@ -153,6 +208,7 @@ func fuseOptions(images []*qcow2.Image, opts Options) (*fs.Options, io.Closer) {
 		mopts = append(mopts, "ro", "noexec")
 		flags |= syscall.MS_RDONLY | syscall.MS_NOEXEC
 	}
+	allowOther := opts.AllowOther || opts.AllowRoot
 	if opts.DefaultPermissions {
 		mopts = append(mopts, "default_permissions")
 	}
@@ -169,7 +225,7 @@ func fuseOptions(images []*qcow2.Image, opts Options) (*fs.Options, io.Closer) {
 		MountOptions: fuse.MountOptions{
 			Name:         "qcow2fs",
 			FsName:       fsName,
-			AllowOther:   opts.AllowOther,
+			AllowOther:   allowOther,
 			Options:      mopts,
 			MaxWrite:     maxWrite,
 			MaxReadAhead: maxReadAhead,

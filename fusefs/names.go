@@ -17,6 +17,10 @@ func snapshotName(imagePath, snap string) string {
 	return stem(imagePath) + "@" + snap + ".raw"
 }
 
+// Stem is the name an image's files start with: its base name without a
+// .qcow2/.qcow suffix ("vm.qcow2" → "vm").
+func Stem(imagePath string) string { return stem(imagePath) }
+
 func stem(imagePath string) string {
 	base := filepath.Base(imagePath)
 	for _, ext := range []string{".qcow2", ".qcow"} {

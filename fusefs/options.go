@@ -1,15 +1,19 @@
 // Package fusefs presents open qcow2 images as flat raw files through FUSE.
 //
 // The tree is one directory holding one regular file per image ("vm.qcow2"
-// → "vm.raw") and one read-only file per internal snapshot
-// ("vm@NAME.raw"). Every FUSE operation on a file translates into one call
-// on its *qcow2.Image; this package knows nothing of the format itself.
+// → "vm.raw"), one read-only file per internal snapshot ("vm@NAME.raw"),
+// optionally one file per partition ("vm-p1.raw") and a read-only text file
+// with the image's metadata ("vm.info"). Every FUSE operation on a file
+// translates into one call on its *qcow2.Image; this package knows nothing
+// of the format itself.
 package fusefs
 
 import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
 // Options controls a mount.
@@ -21,6 +25,10 @@ type Options struct {
 	// AllowOther lets users other than the mounter access the files
 	// (needs user_allow_other in /etc/fuse.conf for non-root mounters).
 	AllowOther bool
+	// AllowRoot lets root in besides the mounter, and nobody else: the
+	// mount is made with allow_other and the daemon refuses everyone else
+	// (the kernel has no such policy; libfuse emulates it the same way).
+	AllowRoot bool
 	// DefaultPermissions makes the kernel check file modes against the caller.
 	DefaultPermissions bool
 	// DirectIO opens files with FOPEN_DIRECT_IO: every read and write goes to
@@ -31,6 +39,20 @@ type Options struct {
 	// FsName is the mount's source as shown in /proc/mounts; by default the
 	// absolute path of the image (comma-joined paths for several images).
 	FsName string
+	// Partitions adds a file per partition of each image's MBR or GPT
+	// partition table: NAME-p1.raw, NAME-p2.raw, ... (numbered as Linux
+	// numbers them). The table is read once, at mount time.
+	Partitions bool
+	// Names, when set, gives the file name stem of each image, in the order
+	// of the images ("vm" → vm.raw, vm-p1.raw, vm.info); "" keeps the
+	// default, the image's base name without .qcow2/.qcow.
+	Names []string
+	// InfoText, when set, adds a read-only NAME.info beside each NAME.raw
+	// holding what it returns for the image (made anew on each open).
+	InfoText func(img *qcow2.Image) []byte
+	// Warn receives problems worth telling the user at mount time (an
+	// unreadable partition table, ...); nil logs them as warnings.
+	Warn func(msg string)
 	// Debug logs every FUSE request (go-fuse's debug output).
 	Debug bool
 	// Log receives error and warning lines; nil means logrus's standard logger.

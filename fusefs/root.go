@@ -15,6 +15,7 @@ type rootDir struct {
 	fs.Inode
 
 	files []*imageFile
+	infos []*infoFile
 	// statfsPath is a path on the host file system that holds the images;
 	// df on the mount reports that file system's figures.
 	statfsPath string
@@ -29,9 +30,16 @@ var (
 // OnAdd creates one persistent inode per file, with stable inode numbers
 // (the root is 1) so tools that remember inodes see the same file.
 func (r *rootDir) OnAdd(ctx context.Context) {
-	for i, f := range r.files {
-		ch := r.NewPersistentInode(ctx, f, fs.StableAttr{Mode: syscall.S_IFREG, Ino: uint64(i) + 2})
+	ino := uint64(2)
+	for _, f := range r.files {
+		ch := r.NewPersistentInode(ctx, f, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino})
 		r.AddChild(f.name, ch, false)
+		ino++
+	}
+	for _, f := range r.infos {
+		ch := r.NewPersistentInode(ctx, f, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino})
+		r.AddChild(f.name, ch, false)
+		ino++
 	}
 }
 

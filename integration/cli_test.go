@@ -84,8 +84,8 @@ func TestCLIBasics(t *testing.T) {
 			names = append(names, e.Name())
 		}
 		sort.Strings(names)
-		if strings.Join(names, " ") != "top.raw" {
-			t.Errorf("--no-snapshots mount lists %v, want [top.raw]", names)
+		if strings.Join(names, " ") != "top.info top.raw" {
+			t.Errorf("--no-snapshots mount lists %v, want [top.info top.raw]", names)
 		}
 		compareFiles(t, filepath.Join(mnt, "top.raw"), qemuRawOf(t, img, filepath.Join(dir, "top-oracle.raw")))
 		unmountQcow2fs(t, mnt, k.Dir)

@@ -80,6 +80,14 @@ func TestUsageAndErrors(t *testing.T) {
 		{[]string{"info", "--output", "xml", good}, exitUsage, "--output must be human or json"},
 		{[]string{"unmount", dir}, exitError, "is not mounted"},
 		{[]string{"version", "x"}, exitUsage, "takes no arguments"},
+		{[]string{"status", "x"}, exitUsage, "takes no arguments"},
+		{[]string{filepath.Join(dir, "missing.qcow2"), dir, "-o", "ro"}, exitError, "no such file or directory"},
+		{[]string{"status", "--output", "xml"}, exitUsage, "--output must be human or json"},
+		{[]string{"hash"}, exitUsage, "need at least one IMAGE"},
+		{[]string{"hash", bad}, exitError, "qcow2fs: " + bad + ": "},
+		{[]string{"mount", "--overlay", filepath.Join(dir, "o.qcow2"), "--ro", good, dir}, exitUsage, "drop --ro"},
+		{[]string{"mount", "--overlay", good, good, dir}, exitUsage, "is the image itself"},
+		{[]string{"mount", "--overlay", filepath.Join(dir, "nodir", "o.qcow2"), good, dir}, exitError, "does not exist"},
 	} {
 		code, _, stderr := runCLI(t, tc.args...)
 		if code != tc.code || !strings.Contains(stderr, tc.stderr) {
@@ -91,7 +99,7 @@ func TestUsageAndErrors(t *testing.T) {
 			}
 		}
 	}
-	for _, args := range [][]string{{"--help"}, {"mount", "--help"}, {"unmount", "-h"}, {"info", "--help"}, {"version"}, {"--version"}} {
+	for _, args := range [][]string{{"--help"}, {"mount", "--help"}, {"unmount", "-h"}, {"info", "--help"}, {"status", "--help"}, {"hash", "-h"}, {"version"}, {"--version"}} {
 		if code, stdout, _ := runCLI(t, args...); code != exitOK || stdout == "" {
 			t.Errorf("qcow2fs %q: exit %d, stdout %q", args, code, stdout)
 		}

@@ -1,30 +1,40 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/fusefs"
+	"github.com/qcow2fs/qcow2fs/fusefs/parttable"
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
-const infoUsage = `Usage: qcow2fs info [--output human|json] [-U|--force-share] IMAGE
+const infoUsage = `Usage: qcow2fs info [--output human|json] [-U|--force-share] [--no-backing] IMAGE
 
 Describes IMAGE and every layer of its backing chain: format version,
 virtual size, cluster size, features, refcount width, compression type,
-dirty and corrupt flags, external data file, snapshots and bitmaps. It
-lists every file the image would make qcow2fs open. The image is opened
-read-only; nothing is written.
+dirty and corrupt flags, external data file, snapshots and bitmaps, and
+the partition table (MBR or GPT) of the virtual disk, with the file each
+partition appears as under "qcow2fs mount --partitions". It lists every
+file the image makes qcow2fs open (with --no-backing: the files it names
+but that are not opened). The image is opened read-only; nothing is
+written.
 `
 
 func cmdInfo(args []string) error {
 	fs := newFlagSet("info", infoUsage)
 	output := fs.String("output", "human", "output `FORMAT`: human or json")
 	forceShare := fs.BoolP("force-share", "U", false, "inspect an image another process has open for writing (its metadata may be in flux)")
+	noBacking := fs.Bool("no-backing", false, "open no file the image names (backing file, data file): for untrusted images")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -39,6 +49,8 @@ func cmdInfo(args []string) error {
 	img, err := qcow2.Open(path, qcow2.OpenOptions{
 		ReadOnly:   true,
 		ForceShare: *forceShare,
+		NoBacking:  *noBacking,
+		NoDataFile: *noBacking,
 		Warn:       func(msg string) { warnings = append(warnings, msg) },
 	})
 	if err != nil {
@@ -48,28 +60,130 @@ func cmdInfo(args []string) error {
 	for _, w := range warnings {
 		fmt.Fprintf(os.Stderr, "qcow2fs: warning: %s\n", oneLine(w))
 	}
-	info := img.Info()
 	if *output == "json" {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(info)
+		return enc.Encode(describe(img))
 	}
-	printInfo(os.Stdout, info, img.Files())
+	writeInfo(os.Stdout, img, fusefs.Stem(path))
 	return nil
 }
 
-// printInfo writes the human form: one block per layer of the chain, top
-// first, then the list of host files.
-func printInfo(w io.Writer, top *qcow2.Info, files []string) {
-	for depth, in := 0, top; in != nil; depth, in = depth+1, in.Backing {
+// infoJSON is what info --output json prints: qemu-img's field names for
+// the chain, plus the partition table and the host files.
+type infoJSON struct {
+	*qcow2.Info
+	PartitionTable *parttable.Table `json:"partition-table,omitempty"`
+	PartitionError string           `json:"partition-table-error,omitempty"`
+	FilesOpened    []string         `json:"files-opened"`
+	NotOpened      []string         `json:"files-named-not-opened,omitempty"`
+}
+
+func describe(img *qcow2.Image) infoJSON {
+	in := img.Info()
+	out := infoJSON{Info: in, FilesOpened: img.Files(), NotOpened: namedNotOpened(in)}
+	t, err := parttable.Read(img, img.Size())
+	switch {
+	case err == nil:
+		out.PartitionTable = t
+	case !errors.Is(err, parttable.ErrNoTable):
+		out.PartitionError = err.Error()
+	}
+	return out
+}
+
+// namedNotOpened lists the files an image chain names but that were not
+// opened (--no-backing): what a trusting open would have read.
+func namedNotOpened(top *qcow2.Info) []string {
+	var out []string
+	for in := top; in != nil; in = in.Backing {
+		if in.BackingFile != "" && in.Backing == nil {
+			// Where QEMU (and a mount without --no-backing) would look:
+			// relative names resolve against the image's directory.
+			p := in.BackingFullPath
+			if p == "" {
+				p = in.BackingFile
+				if !filepath.IsAbs(p) {
+					p = filepath.Join(filepath.Dir(in.Filename), p)
+				}
+			}
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// infoText is the text of NAME.info in a mount: what info prints.
+func infoText(img *qcow2.Image, stem string) []byte {
+	var b bytes.Buffer
+	writeInfo(&b, img, stem)
+	return b.Bytes()
+}
+
+// writeInfo writes the human form: one block per layer of the chain, top
+// first, the partition table (its files named after stem), then the list
+// of host files.
+func writeInfo(w io.Writer, img *qcow2.Image, stem string) {
+	d := describe(img)
+	for depth, in := 0, d.Info; in != nil; depth, in = depth+1, in.Backing {
 		if depth > 0 {
 			fmt.Fprintf(w, "\nbacking layer %d:\n", depth)
 		}
 		printLayer(w, in)
 	}
+	fmt.Fprintln(w)
+	switch {
+	case d.PartitionTable != nil:
+		printPartitions(w, d.PartitionTable, stem)
+	case d.PartitionError != "":
+		fmt.Fprintf(w, "partition table: unusable: %s\n", d.PartitionError)
+	default:
+		fmt.Fprintln(w, "partition table: none")
+	}
 	fmt.Fprintln(w, "\nfiles opened:")
-	for _, f := range files {
+	for _, f := range d.FilesOpened {
 		fmt.Fprintf(w, "    %s\n", f)
+	}
+	if len(d.NotOpened) > 0 {
+		fmt.Fprintln(w, "files named in the image but not opened (--no-backing):")
+		for _, f := range d.NotOpened {
+			fmt.Fprintf(w, "    %s (backing file)\n", f)
+		}
+	}
+}
+
+// printPartitions prints the table with byte offsets (what dd and losetup
+// --offset take) and the file each partition appears as with --partitions.
+func printPartitions(w io.Writer, t *parttable.Table, stem string) {
+	fmt.Fprintf(w, "partition table: %s, disk id %s, %d-byte sectors\n", t.Scheme, t.DiskID, t.SectorSize)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "    #\tFILE\tSTART (bytes)\tSTART (sectors)\tSIZE\tTYPE\tNAME / FLAGS")
+	for _, p := range t.Partitions {
+		file := stem + fmt.Sprintf("-p%d.raw", p.Number)
+		var flags []string
+		if p.Name != "" {
+			flags = append(flags, strconv.Quote(p.Name))
+		}
+		if p.Extended {
+			file = "-"
+			flags = append(flags, "extended (container of logical partitions)")
+		}
+		if p.Bootable {
+			flags = append(flags, "bootable")
+		}
+		if p.Truncated {
+			flags = append(flags, "truncated at the end of the disk")
+		}
+		typ := p.Type
+		if p.TypeName != "" {
+			typ += " " + p.TypeName
+		}
+		fmt.Fprintf(tw, "    %d\t%s\t%d\t%d\t%s\t%s\t%s\n", p.Number, file, p.Start, p.Start/int64(t.SectorSize),
+			humanSize(p.Size), typ, strings.Join(flags, ", "))
+	}
+	tw.Flush()
+	for _, warn := range t.Warnings {
+		fmt.Fprintf(w, "    warning: %s\n", warn)
 	}
 }
 
@@ -105,7 +219,9 @@ func printLayer(w io.Writer, in *qcow2.Info) {
 			}
 			row("data file", "%s%s", in.DataFile, raw)
 		}
-		if in.BackingFile != "" {
+		if in.BackingFile != "" && in.BackingFullPath == "" {
+			row("backing file", "%s (not opened: --no-backing)", in.BackingFile)
+		} else if in.BackingFile != "" {
 			row("backing file", "%s (actual path: %s)", in.BackingFile, in.BackingFullPath)
 			if in.BackingFormat != "" {
 				row("backing file format", "%s", in.BackingFormat)

@@ -34,7 +34,9 @@ const mainUsage = `qcow2fs presents QCOW2 disk images as flat raw files through 
 Usage:
   qcow2fs mount [OPTIONS] IMAGE... MOUNTPOINT   mount images (vm.qcow2 appears as vm.raw)
   qcow2fs unmount MOUNTPOINT                    unmount and wait for the daemon to finish
-  qcow2fs info [--output human|json] IMAGE      describe an image and its backing chain
+  qcow2fs status [--output human|json]          list mounts: mount points, modes, daemon pids
+  qcow2fs info [--output human|json] IMAGE      describe an image, its backing chain and partitions
+  qcow2fs hash [--algo sha256|sha1|md5] IMAGE   hash of the virtual disk (what vm.raw hashes to)
   qcow2fs version                               print the version
   qcow2fs SOURCE MOUNTPOINT -o OPTIONS          mount helper form (fstab, mount.fuse3)
 
@@ -43,12 +45,15 @@ Run "qcow2fs COMMAND --help" for a command's options.
 Exit codes: 0 success, 1 error, 2 usage error.
 `
 
-// commands maps subcommand names to their implementation.
+// commands maps subcommand names to their implementation: a new command
+// is one line here (and one in mainUsage).
 var commands = map[string]func(args []string) error{
 	"mount":   cmdMount,
 	"unmount": cmdUnmount,
 	"umount":  cmdUnmount,
+	"status":  cmdStatus,
 	"info":    cmdInfo,
+	"hash":    cmdHash,
 	"version": cmdVersion,
 }
 
@@ -109,8 +114,10 @@ func dispatch(argv []string) error {
 	}
 	// The form mount.fuse3 runs for fstab type fuse.qcow2fs:
 	// "qcow2fs SOURCE MOUNTPOINT -o OPTS".
+	// A word with a slash is a path, never a command: a missing image
+	// then gets the mount's own error (exit 1), as mount(8) expects.
 	if !strings.HasPrefix(args[0], "-") {
-		if _, err := os.Stat(args[0]); err == nil {
+		if _, err := os.Stat(args[0]); err == nil || strings.ContainsRune(args[0], '/') {
 			return cmdMount(args)
 		}
 		return usagef("unknown command %q (and no such file or directory); run qcow2fs --help", args[0])

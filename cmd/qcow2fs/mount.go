@@ -11,16 +11,42 @@ const mountUsage = `Usage: qcow2fs mount [OPTIONS] IMAGE... MOUNTPOINT
        qcow2fs SOURCE MOUNTPOINT [-o OPTIONS]     (fstab / mount.fuse3 form)
 
 Mounts each IMAGE (or every qcow2 image in a directory given instead) at
-MOUNTPOINT: vm.qcow2 appears as vm.raw, and each internal snapshot as the
-read-only vm@NAME.raw. Returns once the mount is ready and leaves a daemon
-serving it in the background (unless --foreground). Unmount with
+MOUNTPOINT: vm.qcow2 appears as vm.raw, each internal snapshot as the
+read-only vm@NAME.raw, and vm.info holds what "qcow2fs info" says about
+the image. Returns once the mount is ready and leaves a daemon serving it
+in the background (unless --foreground). Unmount with
 "qcow2fs unmount MOUNTPOINT", umount or fusermount3 -u.
 
--o takes comma-separated options, as in fstab: ro, rw, allow_other,
-default_permissions, direct_io, cache_size=SIZE, log=FILE, snapshots=off,
-backing=off, debug. Generic options (dev, suid, exec, the atime family,
-_netdev, nofail, noauto, auto, user, users, x-systemd.*, comment=...) are
-accepted and ignored.
+Every option is also an -o key, so a whole command line fits in fstab:
+
+  flag                    -o key              meaning
+  --ro                    ro                  read-only: no write of any kind to any file of the
+                                              image's chain; files 0444; mount ro,nodev,nosuid,noexec
+  (default)               rw                  read-write
+  --overlay FILE          overlay=FILE        writes go to the qcow2 overlay FILE (created when
+                                              missing) whose backing file is IMAGE; IMAGE stays
+                                              read-only
+  --no-backing            backing=off         show the top layer alone; open no file the image
+                                              names (backing file, data file); an image
+                                              with a backing file then needs --ro
+  --no-snapshots          snapshots=off       no vm@NAME.raw files
+  --partitions            partitions          also vm-p1.raw, vm-p2.raw, ...: one file per MBR/GPT
+                                              partition (numbered as Linux numbers them)
+  --cache-size SIZE       cache_size=SIZE     metadata cache per image, e.g. 64M (default 32M)
+  --direct-io             direct_io           bypass the kernel page cache for the raw files
+  --allow-other           allow_other         let every user in (non-root mounters need
+                                              user_allow_other in /etc/fuse.conf)
+  --allow-root            allow_root          let root in besides you, nobody else
+  --default-permissions   default_permissions let the kernel check file modes
+  --log FILE              log=FILE            log to FILE instead of syslog
+  -d, --debug             debug               log every FUSE request
+  -f, --foreground        (none)              stay attached, log to stderr (an fstab mount
+                                              must return, so this has no -o key)
+
+Generic mount options (dev, suid, exec and their no* forms, the atime
+family, _netdev, nofail, noauto, auto, user, users, owner, group, defaults,
+x-systemd.*, x-*, comment=...) are accepted and ignored. Unknown options are
+an error naming the option.
 `
 
 // cmdMount implements "qcow2fs mount" and the mount.fuse3 form.
@@ -32,11 +58,15 @@ func cmdMount(args []string) error {
 	fs.BoolVar(&cfg.ReadOnly, "ro", false, "mount read-only: no write of any kind reaches the image files")
 	fs.BoolVarP(&cfg.Foreground, "foreground", "f", false, "stay in the foreground and log to stderr")
 	fs.StringArrayVarP(&opts, "options", "o", nil, "comma-separated mount `OPTIONS` (see above)")
-	fs.BoolVar(&cfg.AllowOther, "allow-other", false, "let other users access the files")
-	fs.BoolVar(&cfg.DirectIO, "direct-io", false, "bypass the kernel page cache for the raw files")
+	fs.StringVar(&cfg.Overlay, "overlay", "", "send writes to the qcow2 overlay `FILE` (created when missing); the image stays read-only")
+	fs.BoolVar(&cfg.NoBacking, "no-backing", false, "show the top layer alone and open no file the image names (untrusted images)")
 	fs.BoolVar(&cfg.NoSnapshots, "no-snapshots", false, "do not show internal snapshots as files")
-	fs.BoolVar(&cfg.NoBacking, "no-backing", false, "refuse images that name a backing file (for untrusted images)")
+	fs.BoolVar(&cfg.Partitions, "partitions", false, "also show each MBR/GPT partition as NAME-pN.raw")
 	fs.StringVar(&cacheSize, "cache-size", "", "metadata cache `SIZE` per image, e.g. 64M (default 32M)")
+	fs.BoolVar(&cfg.DirectIO, "direct-io", false, "bypass the kernel page cache for the raw files")
+	fs.BoolVar(&cfg.AllowOther, "allow-other", false, "let other users access the files")
+	fs.BoolVar(&cfg.AllowRoot, "allow-root", false, "let root access the files besides you, nobody else")
+	fs.BoolVar(&cfg.DefaultPermissions, "default-permissions", false, "let the kernel check file modes against the caller")
 	fs.StringVar(&cfg.LogFile, "log", "", "log to `FILE` instead of syslog")
 	fs.BoolVarP(&cfg.Debug, "debug", "d", false, "log every FUSE request")
 	if err := parseFlags(fs, args); err != nil {
@@ -106,7 +136,15 @@ func mount(cfg *mountConfig, sources []string, mountpoint string, fake bool) err
 	if err != nil {
 		return err
 	}
+	if err := checkMountConfig(cfg, len(images)); err != nil {
+		return err
+	}
 	cfg.Images, cfg.FsName = images, fsName
+	if cfg.Overlay != "" {
+		if cfg.Overlay, err = resolveOverlay(cfg.Overlay, images[0]); err != nil {
+			return err
+		}
+	}
 	if cfg.Mountpoint, err = resolveMountpoint(mountpoint); err != nil {
 		return err
 	}

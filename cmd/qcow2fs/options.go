@@ -16,13 +16,18 @@ type mountConfig struct {
 	ReadOnly           bool     `json:"read_only"`
 	Foreground         bool     `json:"foreground"`
 	AllowOther         bool     `json:"allow_other"`
+	AllowRoot          bool     `json:"allow_root"`
 	DefaultPermissions bool     `json:"default_permissions"`
 	DirectIO           bool     `json:"direct_io"`
 	NoSnapshots        bool     `json:"no_snapshots"`
 	NoBacking          bool     `json:"no_backing"`
+	Partitions         bool     `json:"partitions"`
 	CacheSize          int64    `json:"cache_size"`
 	LogFile            string   `json:"log_file"`
 	Debug              bool     `json:"debug"`
+	// Overlay is the qcow2 file that takes the writes of a mount of one
+	// (evidence) image, which it has as its backing file.
+	Overlay string `json:"overlay"`
 }
 
 // ignoredOptions are the generic mount options mount(8), mount.fuse3 and
@@ -58,6 +63,15 @@ func applyMountOptions(cfg *mountConfig, arg string) error {
 			cfg.ReadOnly = true
 		case key == "allow_other" && !hasVal:
 			cfg.AllowOther = true
+		case key == "allow_root" && !hasVal:
+			cfg.AllowRoot = true
+		case key == "partitions" && !hasVal:
+			cfg.Partitions = true
+		case key == "overlay" && hasVal:
+			if val == "" {
+				return fmt.Errorf("mount option %q: empty file name", opt)
+			}
+			cfg.Overlay = val
 		case key == "default_permissions" && !hasVal:
 			cfg.DefaultPermissions = true
 		case key == "direct_io" && !hasVal:
@@ -90,6 +104,22 @@ func applyMountOptions(cfg *mountConfig, arg string) error {
 		default:
 			return fmt.Errorf("unknown mount option %q", opt)
 		}
+	}
+	return nil
+}
+
+// checkMountConfig refuses combinations of options that contradict each
+// other, before anything is opened.
+func checkMountConfig(cfg *mountConfig, nSources int) error {
+	switch {
+	case cfg.AllowOther && cfg.AllowRoot:
+		return usagef("allow_other and allow_root exclude each other (allow_root: only you and root)")
+	case cfg.Overlay != "" && cfg.ReadOnly:
+		return usagef("--overlay makes the mount writable (the writes go to the overlay); drop --ro / -o ro")
+	case cfg.Overlay != "" && nSources != 1:
+		return usagef("--overlay takes exactly one image")
+	case cfg.Overlay != "" && cfg.NoBacking:
+		return usagef("--overlay and --no-backing exclude each other: the image is the overlay's backing file")
 	}
 	return nil
 }

@@ -27,6 +27,10 @@ func TestApplyMountOptions(t *testing.T) {
 		{in: "_netdev,nofail,noauto,auto,user,users,defaults", want: mountConfig{}},
 		{in: "x-systemd.automount,x-systemd.device-timeout=10s,comment=systemd.foo", want: mountConfig{}},
 		{in: "ro,,nofail", want: mountConfig{ReadOnly: true}},
+		{in: "allow_root,partitions", want: mountConfig{AllowRoot: true, Partitions: true}},
+		{in: "overlay=/var/tmp/ovl.qcow2", want: mountConfig{Overlay: "/var/tmp/ovl.qcow2"}},
+		{in: "overlay=", err: `empty file name`},
+		{in: "allow_root=1", err: `unknown mount option "allow_root=1"`},
 		{in: "bogus", err: `unknown mount option "bogus"`},
 		{in: "ro,frobnicate=1", err: `unknown mount option "frobnicate=1"`},
 		{in: "ro=1", err: `unknown mount option "ro=1"`},
@@ -50,8 +54,31 @@ func TestApplyMountOptions(t *testing.T) {
 		if got.ReadOnly != tc.want.ReadOnly || got.AllowOther != tc.want.AllowOther ||
 			got.DefaultPermissions != tc.want.DefaultPermissions || got.DirectIO != tc.want.DirectIO ||
 			got.Debug != tc.want.Debug || got.CacheSize != tc.want.CacheSize || got.LogFile != tc.want.LogFile ||
-			got.NoSnapshots != tc.want.NoSnapshots || got.NoBacking != tc.want.NoBacking {
+			got.NoSnapshots != tc.want.NoSnapshots || got.NoBacking != tc.want.NoBacking ||
+			got.AllowRoot != tc.want.AllowRoot || got.Partitions != tc.want.Partitions || got.Overlay != tc.want.Overlay {
 			t.Errorf("%q: got %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestCheckMountConfig(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  mountConfig
+		n    int
+		want string // substring of the error, "" = accepted
+	}{
+		{mountConfig{AllowOther: true}, 1, ""},
+		{mountConfig{AllowRoot: true}, 1, ""},
+		{mountConfig{AllowOther: true, AllowRoot: true}, 1, "exclude each other"},
+		{mountConfig{Overlay: "o.qcow2"}, 1, ""},
+		{mountConfig{Overlay: "o.qcow2", ReadOnly: true}, 1, "drop --ro"},
+		{mountConfig{Overlay: "o.qcow2"}, 2, "exactly one image"},
+		{mountConfig{Overlay: "o.qcow2", NoBacking: true}, 1, "exclude each other"},
+		{mountConfig{NoBacking: true, ReadOnly: true}, 3, ""},
+	} {
+		err := checkMountConfig(&tc.cfg, tc.n)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%+v with %d images: %v, want %q", tc.cfg, tc.n, err, tc.want)
 		}
 	}
 }

@@ -26,6 +26,9 @@ type runState struct {
 	Source     string   `json:"source"`
 	Images     []string `json:"images"`
 	ReadOnly   bool     `json:"read_only"`
+	Overlay    string   `json:"overlay,omitempty"`
+	Partitions bool     `json:"partitions,omitempty"`
+	LogFile    string   `json:"log_file,omitempty"`
 }
 
 func runStateDir() string {
@@ -52,7 +55,8 @@ func writeRunState(cfg *mountConfig) {
 	if path == "" {
 		return
 	}
-	st := runState{PID: os.Getpid(), Mountpoint: cfg.Mountpoint, Source: cfg.FsName, Images: cfg.Images, ReadOnly: cfg.ReadOnly}
+	st := runState{PID: os.Getpid(), Mountpoint: cfg.Mountpoint, Source: cfg.FsName, Images: cfg.Images, ReadOnly: cfg.ReadOnly,
+		Overlay: cfg.Overlay, Partitions: cfg.Partitions, LogFile: cfg.LogFile}
 	st.StartTime, _ = procStartTime(st.PID)
 	b, _ := json.MarshalIndent(st, "", "  ")
 	err := os.MkdirAll(filepath.Dir(path), 0o755)

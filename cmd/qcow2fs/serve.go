@@ -33,30 +33,48 @@ func serve(cfg *mountConfig, rep reporter) int {
 		log.Debugf("prctl(PR_SET_IO_FLUSHER): %v (not permitted here; only matters under a loop device)", err)
 	}
 
-	images, err := openImages(cfg, rep)
+	images, names, undo, err := openImages(cfg, rep)
 	if err != nil {
 		rep.fail(err)
 		return exitError
 	}
+	// The info files name the partition files, which carry the stem the
+	// image appears under.
+	stems := map[*qcow2.Image]string{}
+	for i, img := range images {
+		stems[img] = fusefs.Stem(img.Path())
+		if names != nil && names[i] != "" {
+			stems[img] = names[i]
+		}
+	}
 	srv, err := fusefs.Mount(cfg.Mountpoint, images, fusefs.Options{
 		ReadOnly:           cfg.ReadOnly,
 		AllowOther:         cfg.AllowOther,
+		AllowRoot:          cfg.AllowRoot,
 		DefaultPermissions: cfg.DefaultPermissions,
 		DirectIO:           cfg.DirectIO,
 		NoSnapshots:        cfg.NoSnapshots,
+		Partitions:         cfg.Partitions,
+		Names:              names,
+		InfoText:           func(img *qcow2.Image) []byte { return infoText(img, stems[img]) },
+		Warn:               rep.warn,
 		FsName:             cfg.FsName,
 		Debug:              cfg.Debug,
 		Log:                log,
 	})
 	if err != nil {
 		closeImages(images)
+		undo()
 		rep.fail(err)
 		return exitError
 	}
 	writeRunState(cfg)
 	mode := "read-write"
-	if cfg.ReadOnly {
+	switch {
+	case cfg.ReadOnly:
 		mode = "read-only"
+	case cfg.Overlay != "":
+		mode = "writes to overlay " + cfg.Overlay
 	}
 	log.Infof("mounted %s at %s (%s, pid %d)", cfg.FsName, cfg.Mountpoint, mode, os.Getpid())
 	rep.ready()
@@ -80,7 +98,6 @@ func waitUnmounted(srv *fusefs.Server, log *logrus.Logger) {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
-	defer signal.Stop(sigs)
 	done := make(chan struct{})
 	go func() {
 		srv.Wait()
@@ -89,6 +106,12 @@ func waitUnmounted(srv *fusefs.Server, log *logrus.Logger) {
 	for {
 		select {
 		case <-done:
+			// Flushing and closing the images comes next. A signal now
+			// (systemd stopping a .mount unit sends SIGTERM to what is
+			// left in its cgroup right after umount) must not cut that
+			// short and lose the metadata still cached.
+			signal.Stop(sigs)
+			signal.Ignore(syscall.SIGINT, syscall.SIGTERM)
 			return
 		case sig := <-sigs:
 			log.Infof("%v: unmounting %s", sig, srv.Mountpoint())
@@ -101,23 +124,35 @@ func waitUnmounted(srv *fusefs.Server, log *logrus.Logger) {
 }
 
 // openImages opens every image of the mount; on failure it closes those
-// already open.
-func openImages(cfg *mountConfig, rep reporter) ([]*qcow2.Image, error) {
-	var images []*qcow2.Image
+// already open. names gives the file name stem of each image when it is not
+// the image's own (an overlay shows the evidence's name); undo removes what
+// opening created (a new overlay) and is for a mount that then fails.
+func openImages(cfg *mountConfig, rep reporter) (images []*qcow2.Image, names []string, undo func(), err error) {
+	opts := qcow2.OpenOptions{
+		ReadOnly:  cfg.ReadOnly,
+		NoBacking: cfg.NoBacking,
+		// Untrusted images: no file named inside the image is opened, the
+		// external data file no more than the backing file.
+		NoDataFile: cfg.NoBacking,
+		CacheSize:  cfg.CacheSize,
+		Warn:       rep.warn,
+	}
+	if cfg.Overlay != "" {
+		img, cleanup, err := openOverlay(cfg.Overlay, cfg.Images[0], opts)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return []*qcow2.Image{img}, []string{fusefs.Stem(cfg.Images[0])}, cleanup, nil
+	}
 	for _, path := range cfg.Images {
-		img, err := qcow2.Open(path, qcow2.OpenOptions{
-			ReadOnly:  cfg.ReadOnly,
-			NoBacking: cfg.NoBacking,
-			CacheSize: cfg.CacheSize,
-			Warn:      rep.warn,
-		})
+		img, err := qcow2.Open(path, opts)
 		if err != nil {
 			closeImages(images)
-			return nil, openError(path, err)
+			return nil, nil, nil, openError(path, err)
 		}
 		images = append(images, img)
 	}
-	return images, nil
+	return images, nil, func() {}, nil
 }
 
 // openError makes sure the message names the image (the qcow2 package's

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // qcow2Magic starts every qcow2 file ("QFI\xfb").
@@ -114,8 +116,7 @@ func resolveMountpoint(arg string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	_, err = os.Stat(abs)
-	if errors.Is(err, syscall.ENOTCONN) {
+	if deadMount(abs) {
 		if err := cleanupStaleMount(abs); err != nil {
 			return "", err
 		}
@@ -132,6 +133,15 @@ func resolveMountpoint(arg string) (string, error) {
 		return "", fmt.Errorf("mount point %s is not a directory", arg)
 	}
 	return real, nil
+}
+
+// deadMount reports whether mp is a FUSE mount whose daemon is gone. It
+// asks with statfs(2), which the kernel always forwards to the daemon: a
+// stat(2) may be answered from attributes the kernel cached before the
+// daemon died, and then the mount looks alive for another second.
+func deadMount(mp string) bool {
+	var st unix.Statfs_t
+	return errors.Is(unix.Statfs(mp, &st), syscall.ENOTCONN)
 }
 
 // cleanupStaleMount unmounts a FUSE mount whose daemon is gone. Nothing
@@ -176,7 +186,7 @@ func checkNotMounted(mountpoint string, images []string, fsName string) error {
 		if e.FsType != fsType {
 			continue
 		}
-		if _, err := os.Stat(e.MountPoint); errors.Is(err, syscall.ENOTCONN) {
+		if deadMount(e.MountPoint) {
 			// Its daemon died: the images are free again.
 			if err := cleanupStaleMount(e.MountPoint); err != nil {
 				return err

@@ -1,0 +1,73 @@
+package fusefs
+
+import (
+	"context"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// infoFile is the read-only NAME.info beside NAME.raw: the image's metadata
+// as text (what `qcow2fs info` prints). The text is made anew on every open
+// (dirty flag, disk usage and the like change while mounted), and each open
+// reads the text it started with.
+type infoFile struct {
+	fs.Inode
+
+	name string
+	text func() []byte
+	// uid/gid of the image file: whoever may see the image may see this.
+	statPath string
+}
+
+var (
+	_ fs.NodeOpener    = (*infoFile)(nil)
+	_ fs.NodeGetattrer = (*infoFile)(nil)
+	_ fs.NodeReader    = (*infoFile)(nil)
+)
+
+// infoHandle holds the text one open reads.
+type infoHandle struct{ text []byte }
+
+func (f *infoFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	// Direct I/O: the kernel must not cut reads at a size it cached from an
+	// earlier, shorter text, nor serve an old text from its page cache.
+	return &infoHandle{text: f.text()}, fuse.FOPEN_DIRECT_IO, 0
+}
+
+func (f *infoFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h, ok := fh.(*infoHandle)
+	if !ok {
+		return nil, syscall.EBADF
+	}
+	if off >= int64(len(h.text)) {
+		return fuse.ReadResultData(nil), 0
+	}
+	end := min(int64(len(h.text)), off+int64(len(dest)))
+	return fuse.ReadResultData(h.text[off:end]), 0
+}
+
+func (f *infoFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	var st syscall.Stat_t
+	if err := syscall.Stat(f.statPath, &st); err == nil {
+		out.FromStat(&st)
+	}
+	n := 0
+	if h, ok := fh.(*infoHandle); ok {
+		n = len(h.text)
+	} else {
+		n = len(f.text())
+	}
+	out.Size = uint64(n)
+	out.Blocks = uint64(n+511) / 512
+	out.Blksize = blockSize
+	out.Mode = syscall.S_IFREG | 0o444
+	out.Nlink = 1
+	out.Ino = f.StableAttr().Ino
+	out.SetTimeout(attrTimeout)
+	return 0
+}
