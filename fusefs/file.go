@@ -92,9 +92,12 @@ func (f *imageFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint
 		return nil, 0, syscall.EROFS
 	}
 	var fuseFlags uint32
-	if f.directIO {
-		// Parallel direct writes: the kernel would otherwise serialise
-		// writes to one file on its inode lock, which the image does not need.
+	if f.directIO || flags&syscall.O_DIRECT != 0 {
+		// Direct I/O: the mount asked for it, or this opener bypasses the
+		// page cache anyway (fio --direct=1, losetup --direct-io=on).
+		// FOPEN_DIRECT_IO with parallel direct writes lets the kernel send
+		// concurrent writes to one file in parallel instead of serialising
+		// them on the inode lock; the image does not need that lock.
 		fuseFlags |= fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES
 	}
 	return nil, fuseFlags, 0
