@@ -209,18 +209,19 @@ func (c *Cache) insert(key uint64, buf []byte) *Block {
 }
 
 // newBuf returns a buffer for a new block, evicting the least recently used
-// block when the cache is full. A dirty victim is written back first (after
-// the dependency flush); if that fails the victim stays cached and dirty
-// (nothing is lost) and the error is returned.
+// block when the cache is full. A dirty victim is written back first, with
+// all other dirty blocks (after the dependency flush); if that fails the
+// victim stays cached and dirty (nothing is lost) and the error is returned.
 func (c *Cache) newBuf() ([]byte, error) {
 	if len(c.blocks) >= c.capacity {
 		for e := c.lru.Back(); e != nil; e = e.Prev() {
 			b := e.Value.(*Block)
 			if b.dirty {
-				if err := c.flushDep(); err != nil {
-					return nil, err
-				}
-				if err := c.writeBack(b); err != nil {
+				// Write back every dirty block, not just the victim:
+				// the dependency flush (a barrier, usually an fdatasync)
+				// is then paid once per cache-full of dirty blocks
+				// rather than once per eviction.
+				if err := c.Flush(); err != nil {
 					return nil, err
 				}
 			}

@@ -491,11 +491,20 @@ func (w *writer) l2SliceFor(c int64) (key uint64, in int64, err error) {
 	l1e := img.l1[i]
 	old := int64(l1e & l1EntryOffsetMask)
 	if old == 0 || l1e&oflagCopied == 0 {
-		cl, _, err := w.allocCluster()
+		cl, fresh, err := w.allocCluster()
 		if err != nil {
 			return 0, 0, err
 		}
 		newOff := cl << g.clusterBits
+		// A new, empty table in a fresh cluster (past the old end of the
+		// file) already reads as zeros once the file covers it: only the
+		// slices that get entries need writing, not the whole table.
+		zeroOnDisk := old == 0 && fresh
+		if zeroOnDisk {
+			if err := w.coverCluster(cl); err != nil {
+				return 0, 0, err
+			}
+		}
 		slice := l2SliceSize(*g)
 		for so := int64(0); so < g.clusterSize; so += slice {
 			var src []byte
@@ -511,7 +520,9 @@ func (w *writer) l2SliceFor(c int64) (key uint64, in int64, err error) {
 				return 0, 0, err
 			}
 			copy(nb.Data, src)
-			s.l2c.MarkDirty(nb)
+			if !zeroOnDisk {
+				s.l2c.MarkDirty(nb)
+			}
 		}
 		if old != 0 {
 			// The old table stays with the snapshots that share it.
@@ -524,6 +535,30 @@ func (w *writer) l2SliceFor(c int64) (key uint64, in int64, err error) {
 	pos := g.l2Index(c) * g.l2EntrySize
 	slice := l2SliceSize(*g)
 	return uint64(old + pos/slice*slice), pos % slice, nil
+}
+
+// coverCluster extends the image file (sparsely) to include host cluster cl.
+func (w *writer) coverCluster(cl int64) error {
+	s := w.img.s
+	end := (cl + 1) << s.g.clusterBits
+	if end <= w.fileLen {
+		return nil
+	}
+	// Data writes (outside the lock) may have grown the file already;
+	// never shrink it. They only touch clusters allocated before cl, all
+	// below end, so nothing can land past end meanwhile.
+	size, err := s.fileSize()
+	if err != nil {
+		return err
+	}
+	if size < end {
+		if err := s.f.Truncate(end); err != nil {
+			return fmt.Errorf("extend %s: %w", s.path, err)
+		}
+		size = end
+	}
+	w.fileLen = size
+	return nil
 }
 
 // setL2 stores entry e for guest cluster c. Caller holds s.mu.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
@@ -26,6 +27,17 @@ type reporter interface {
 // flushes and closes every image. It returns the exit code.
 func serve(cfg *mountConfig, rep reporter) int {
 	log := logrus.StandardLogger()
+	// Keep the heap near what is live (mostly the L2 cache and in-flight
+	// request buffers) rather than letting the GC double it: the daemon
+	// sits under loop devices and should stay small. GOMEMLIMIT overrides.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		cache := cfg.CacheSize
+		if cache <= 0 {
+			cache = qcow2.DefaultCacheSize
+		}
+		debug.SetMemoryLimit(cache*int64(max(1, len(cfg.Images))) + 24<<20)
+	}
+
 	// A FUSE daemon behind a loop device must not wait on its own writeback
 	// in memory reclaim; PR_SET_IO_FLUSHER exempts it (needs
 	// CAP_SYS_RESOURCE, so it fails harmlessly for unprivileged users).
