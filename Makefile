@@ -32,11 +32,13 @@ test: vet
 # Each fuzz target for a short while (the seed corpus already ran in go
 # test). FUZZTIME=10m for a real campaign.
 FUZZTIME ?= 10s
-FUZZ_TARGETS := FuzzParseHeader FuzzOpen FuzzOpenWrite FuzzSnapshotTable FuzzL2Entry FuzzDecompress FuzzRefcountBlock
+FUZZ_TARGETS := qcow2:FuzzParseHeader qcow2:FuzzOpen qcow2:FuzzOpenWrite qcow2:FuzzSnapshotTable \
+	qcow2:FuzzL2Entry qcow2:FuzzDecompress qcow2:FuzzRefcountBlock fusefs/parttable:FuzzRead
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
-		echo "fuzz $$t for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 20x ./qcow2 || exit 1; \
+		pkg=$${t%%:*}; fn=$${t#*:}; \
+		echo "fuzz $$pkg $$fn for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 20x ./$$pkg || exit 1; \
 	done
 
 # A long fio workload with verification through a loop device on a mount,
