@@ -25,6 +25,9 @@ type OpenOptions struct {
 	Warn func(msg string)
 	// repair lets Check --repair open an image marked corrupt read-write.
 	repair bool
+	// skipBacking opens no backing file even read-write: for operations
+	// that change metadata only (rebase -u), never guest data.
+	skipBacking bool
 }
 
 // ExtentKind says what a run of guest bytes holds.

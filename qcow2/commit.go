@@ -229,7 +229,9 @@ func (m *maint) empty() error {
 // content is first copied into the image. With unsafe only the name
 // changes. A relative newBacking is relative to the image's directory.
 func Rebase(path, newBacking, newFormat string, unsafe bool, opts ...MaintenanceOptions) error {
-	m, err := openMaint(path)
+	// An unsafe rebase only rewrites the name: the old backing file need
+	// not exist (that is what -u is for).
+	m, err := openMaintWith(path, OpenOptions{skipBacking: unsafe})
 	if err != nil {
 		return err
 	}

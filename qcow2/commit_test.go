@@ -253,3 +253,54 @@ func TestRebaseRefusals(t *testing.T) {
 		t.Fatalf("refused rebase left backing file %q", in.BackingFile)
 	}
 }
+
+// TestRebaseUnsafeMissingOldBacking: -u only rewrites the name, so the old
+// backing file need not exist (the usual reason for -u: it moved).
+func TestRebaseUnsafeMissingOldBacking(t *testing.T) {
+	needQemu(t)
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.qcow2")
+	top := filepath.Join(dir, "top.qcow2")
+	wrun(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "1M")
+	wrun(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+	moved := filepath.Join(dir, "moved.qcow2")
+	if err := os.Rename(base, moved); err != nil {
+		t.Fatal(err)
+	}
+	if err := Rebase(top, moved, "qcow2", true); err != nil {
+		t.Fatal(err)
+	}
+	qemuCheck(t, top)
+	out := wrun(t, "qemu-img", "info", top)
+	if !strings.Contains(out, "moved.qcow2") {
+		t.Fatalf("backing name not rewritten:\n%s", out)
+	}
+}
+
+// TestIdleWritableOpenKeepsFile: a read-write open that writes nothing
+// leaves the file byte for byte as it was (length included).
+func TestIdleWritableOpenKeepsFile(t *testing.T) {
+	needQemu(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "i.qcow2")
+	wrun(t, "qemu-img", "create", "-q", "-f", "qcow2", path, "8M")
+	wrun(t, "qemu-io", "-c", "write -P 0x11 0 100k", path)
+	wrun(t, "qemu-img", "snapshot", "-c", "s", path)
+	before, _ := os.ReadFile(path)
+	im, err := Open(path, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	im.ReadAt(buf, 0)
+	if err := im.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := im.Close(); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.ReadFile(path)
+	if !bytes.Equal(before, after) {
+		t.Fatalf("idle writable open changed the file (%d → %d bytes)", len(before), len(after))
+	}
+}

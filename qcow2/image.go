@@ -354,7 +354,9 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 	}
 
 	// Backing chain.
-	if s.backingName != "" && opts.NoBacking {
+	if s.backingName != "" && opts.skipBacking {
+		// Metadata-only maintenance: the backing file may be gone.
+	} else if s.backingName != "" && opts.NoBacking {
 		// The top layer alone: unallocated space reads as zeros, and no
 		// file named inside the image is opened. Writing would copy zeros
 		// where the backing file's data belongs, so only read-only.

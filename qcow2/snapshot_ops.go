@@ -48,7 +48,11 @@ type maint struct {
 // as it is or restores an earlier state of it (snapshots, rebase, emptying
 // a committed image): persistent bitmaps stay valid, as with QEMU.
 func openMaint(path string) (*maint, error) {
-	img, err := Open(path, OpenOptions{})
+	return openMaintWith(path, OpenOptions{})
+}
+
+func openMaintWith(path string, o OpenOptions) (*maint, error) {
+	img, err := Open(path, o)
 	if err != nil {
 		return nil, err
 	}

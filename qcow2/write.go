@@ -57,7 +57,10 @@ func (w *writer) init() error {
 	if err != nil {
 		return err
 	}
-	w.fileLen = fsize
+	// The last cluster may end past EOF (qemu-img leaves files that are
+	// not cluster multiples); count it as covered so that an open that
+	// writes nothing never changes the file's length.
+	w.fileLen = s.g.alignUp(fsize)
 	w.fresh = s.g.alignUp(fsize) >> s.g.clusterBits
 	w.end = s.g.alignUp(fsize) >> s.g.clusterBits
 	return nil
