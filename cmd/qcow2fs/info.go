@@ -54,7 +54,7 @@ func cmdInfo(args []string) error {
 		Warn:       func(msg string) { warnings = append(warnings, msg) },
 	})
 	if err != nil {
-		return openError(path, err)
+		return maintError(path, err, true)
 	}
 	defer img.Close()
 	for _, w := range warnings {

@@ -37,6 +37,13 @@ Usage:
   qcow2fs status [--output human|json]          list mounts: mount points, modes, daemon pids
   qcow2fs info [--output human|json] IMAGE      describe an image, its backing chain and partitions
   qcow2fs hash [--algo sha256|sha1|md5] IMAGE   hash of the virtual disk (what vm.raw hashes to)
+  qcow2fs create [-o OPTS] [-b BACKING] IMAGE [SIZE]  create an image (like qemu-img create)
+  qcow2fs check [--repair leaks|all] IMAGE      check (and repair) the metadata; exit codes as qemu-img check
+  qcow2fs snapshot list|create|delete|apply [NAME] IMAGE   internal snapshots
+  qcow2fs resize [--shrink] IMAGE [+|-]SIZE     change the virtual size
+  qcow2fs map [--output human|json] IMAGE       allocation runs, like qemu-img map
+  qcow2fs commit IMAGE                          write the image's data into its backing file
+  qcow2fs rebase [-u] -b NEW [-F FMT] IMAGE     change the backing file
   qcow2fs version                               print the version
   qcow2fs SOURCE MOUNTPOINT -o OPTIONS          mount helper form (fstab, mount.fuse3)
 

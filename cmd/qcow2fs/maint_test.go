@@ -1,0 +1,332 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/qcow2fs/qcow2fs/qcow2"
+)
+
+func TestParseImageSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		bad  bool
+	}{
+		{in: "0", want: 0},
+		{in: "512", want: 512},
+		{in: "512b", want: 512},
+		{in: "512B", want: 512},
+		{in: "64k", want: 64 << 10},
+		{in: "64K", want: 64 << 10},
+		{in: "64KiB", want: 64 << 10},
+		{in: "64kb", want: 64 << 10},
+		{in: "10M", want: 10 << 20},
+		{in: "10G", want: 10 << 30},
+		{in: "2T", want: 2 << 40},
+		{in: "1P", want: 1 << 50},
+		{in: "1E", want: 1 << 60},
+		{in: "1.5G", want: 3 << 29},
+		{in: "0.5k", want: 512},
+		{in: " 4M ", want: 4 << 20},
+		{in: "8E", bad: true}, // 2^63: too large
+		{in: "99999999999999999999", bad: true},
+		{in: "", bad: true},
+		{in: "G", bad: true},
+		{in: "-1G", bad: true},
+		{in: "+1G", bad: true},
+		{in: "1.5", bad: true}, // a fraction of a byte
+		{in: "10X", bad: true},
+		{in: "1e3", bad: true},
+		{in: "0x100", bad: true},
+		{in: "1 G", bad: true},
+	}
+	for _, tt := range tests {
+		got, err := parseImageSize(tt.in)
+		switch {
+		case tt.bad && err == nil:
+			t.Errorf("parseImageSize(%q) = %d, want an error", tt.in, got)
+		case !tt.bad && err != nil:
+			t.Errorf("parseImageSize(%q): %v", tt.in, err)
+		case !tt.bad && got != tt.want:
+			t.Errorf("parseImageSize(%q) = %d, want %d", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestParseSizeChange(t *testing.T) {
+	tests := []struct {
+		in   string
+		sign int
+		n    int64
+		bad  bool
+	}{
+		{in: "10G", sign: 0, n: 10 << 30},
+		{in: "+1M", sign: 1, n: 1 << 20},
+		{in: "-512", sign: -1, n: 512},
+		{in: "+", bad: true},
+		{in: "--1M", bad: true},
+	}
+	for _, tt := range tests {
+		sign, n, err := parseSizeChange(tt.in)
+		if tt.bad != (err != nil) || !tt.bad && (sign != tt.sign || n != tt.n) {
+			t.Errorf("parseSizeChange(%q) = %d, %d, %v", tt.in, sign, n, err)
+		}
+	}
+}
+
+func TestParseKeyValues(t *testing.T) {
+	tests := []struct {
+		in   []string
+		want []keyValue
+		bad  bool
+	}{
+		{in: nil, want: nil},
+		{in: []string{"cluster_size=4k"}, want: []keyValue{{"cluster_size", "4k"}}},
+		{in: []string{"a=1,b=2", "c=3"}, want: []keyValue{{"a", "1"}, {"b", "2"}, {"c", "3"}}},
+		{in: []string{"data_file=x,,y.raw,lazy_refcounts"}, want: []keyValue{{"data_file", "x,y.raw"}, {"lazy_refcounts", "on"}}},
+		{in: []string{"a=1,,"}, want: []keyValue{{"a", "1,"}}},
+		{in: []string{"a=b=c"}, want: []keyValue{{"a", "b=c"}}},
+		{in: []string{",a=1,"}, want: []keyValue{{"a", "1"}}},
+		{in: []string{"help"}, want: []keyValue{{"help", ""}}},
+		{in: []string{"?"}, want: []keyValue{{"?", ""}}},
+		{in: []string{"=1"}, bad: true},
+	}
+	for _, tt := range tests {
+		got, err := parseKeyValues(tt.in)
+		if tt.bad != (err != nil) || !tt.bad && !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("parseKeyValues(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+func TestCreateOptions(t *testing.T) {
+	tests := []struct {
+		in   string
+		want qcow2.CreateOptions
+		bad  string // part of the error
+	}{
+		{in: "", want: qcow2.CreateOptions{}},
+		{in: "cluster_size=4k,compat=0.10", want: qcow2.CreateOptions{ClusterSize: 4096, Version: 2}},
+		{in: "compat=v3,lazy_refcounts=on,extended_l2=on", want: qcow2.CreateOptions{Version: 3, LazyRefcounts: true, ExtendedL2: true}},
+		{in: "compat=1.1,refcount_bits=1", want: qcow2.CreateOptions{Version: 3, RefcountBits: 1}},
+		{in: "compression_type=zstd,preallocation=full", want: qcow2.CreateOptions{CompressionType: "zstd", Preallocation: "full"}},
+		{in: "data_file=d.raw,data_file_raw=yes", want: qcow2.CreateOptions{DataFile: "d.raw", DataFileRaw: true}},
+		{in: "backing_file=base.qcow2,backing_fmt=qcow2,size=1G", want: qcow2.CreateOptions{BackingFile: "base.qcow2", BackingFormat: "qcow2", Size: 1 << 30}},
+		{in: "lazy_refcounts=off", want: qcow2.CreateOptions{}},
+		{in: "compat=2", bad: "compat"},
+		{in: "refcount_bits=x", bad: "refcount_bits"},
+		{in: "refcount_bits=0", bad: "refcount_bits"},
+		{in: "lazy_refcounts=maybe", bad: "lazy_refcounts"},
+		{in: "cluster_size=big", bad: "cluster_size"},
+		{in: "encryption=on", bad: "encrypt"},
+		{in: "bogus=1", bad: "bogus"},
+	}
+	for _, tt := range tests {
+		kvs, err := parseKeyValues([]string{tt.in})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := createOptions(kvs)
+		switch {
+		case tt.bad != "" && (err == nil || !strings.Contains(err.Error(), tt.bad)):
+			t.Errorf("createOptions(%q): error %v, want one about %s", tt.in, err, tt.bad)
+		case tt.bad == "" && err != nil:
+			t.Errorf("createOptions(%q): %v", tt.in, err)
+		case tt.bad == "" && !reflect.DeepEqual(got, tt.want):
+			t.Errorf("createOptions(%q) = %+v, want %+v", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestQemuSizeString(t *testing.T) {
+	tests := map[uint64]string{
+		0:                 "0 B",
+		999:               "999 B",
+		1000:              "0.977 KiB",
+		1024:              "1 KiB",
+		1536:              "1.5 KiB",
+		1 << 20:           "1 MiB",
+		1572864000:        "1.46 GiB",
+		123 << 30:         "123 GiB",
+		1<<64 - 1:         "16 EiB",
+		(1 << 40) * 1000:  "0.977 PiB",
+		(1 << 40) * 999:   "999 TiB",
+		(1 << 30) + 1<<20: "1 GiB",
+	}
+	for in, want := range tests {
+		if got := qemuSizeString(in); got != want {
+			t.Errorf("qemuSizeString(%d) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestNegativeSizeArgs(t *testing.T) {
+	tests := []struct{ in, want []string }{
+		{[]string{"img", "10G"}, []string{"img", "10G"}},
+		{[]string{"img", "-1G"}, []string{"img", "--", "-1G"}},
+		{[]string{"--shrink", "img", "-512"}, []string{"--shrink", "img", "--", "-512"}},
+		{[]string{"-q", "img", "+1G"}, []string{"-q", "img", "+1G"}},
+		{[]string{"--", "img", "-1G"}, []string{"--", "img", "-1G"}},
+	}
+	for _, tt := range tests {
+		if got := negativeSizeArgs(tt.in); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("negativeSizeArgs(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestMapEntryMerge(t *testing.T) {
+	data := func(start, n, host int64) mapEntry {
+		return mapEntry{Start: start, Length: n, Present: true, Data: true, Offset: host}
+	}
+	a := data(0, 4096, 8192)
+	if !a.extend(data(4096, 4096, 12288)) || a.Length != 8192 {
+		t.Errorf("contiguous data runs not merged: %+v", a)
+	}
+	if a.extend(data(8192, 4096, 65536)) {
+		t.Error("runs not contiguous on the host merged")
+	}
+	z := mapEntry{Start: 0, Length: 10, Zero: true, Offset: -1}
+	if !z.extend(mapEntry{Start: 10, Length: 5, Zero: true, Offset: -1}) || z.Length != 15 {
+		t.Errorf("unallocated runs not merged: %+v", z)
+	}
+	if z.extend(mapEntry{Start: 15, Length: 5, Zero: true, Depth: 1, Offset: -1}) {
+		t.Error("runs of different depths merged")
+	}
+	if got, want := data(0, 512, 1024).json(), `{ "start": 0, "length": 512, "depth": 0, "present": true, "zero": false, "data": true, "compressed": false, "offset": 1024}`; got != want {
+		t.Errorf("json = %s\nwant %s", got, want)
+	}
+	if got := z.json(); strings.Contains(got, "offset") {
+		t.Errorf("unmapped run shows an offset: %s", got)
+	}
+}
+
+func TestCheckHumanOutput(t *testing.T) {
+	var b bytes.Buffer
+	writeCheckHuman(&b, &qcow2.CheckResult{Leaks: 2, Corruptions: 1, TotalClusters: 160, AllocatedClusters: 4, FragmentedClusters: 1, ImageEndOffset: 393216})
+	want := "\n1 errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n" +
+		"\n2 leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n" +
+		"4/160 = 2.50% allocated, 25.00% fragmented, 0.00% compressed clusters\nImage end offset: 393216\n"
+	if b.String() != want {
+		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
+	}
+	b.Reset()
+	writeCheckHuman(&b, &qcow2.CheckResult{LeaksFixed: 3, ImageEndOffset: 4096})
+	want = "The following inconsistencies were found and repaired:\n\n    3 leaked clusters\n    0 corruptions\n\n" +
+		"Double checking the fixed image now...\nNo errors were found on the image.\nImage end offset: 4096\n"
+	if b.String() != want {
+		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
+func TestSnapshotListFormat(t *testing.T) {
+	var b bytes.Buffer
+	writeSnapshotList(&b, []qcow2.SnapshotInfo{{ID: "1", Name: "s1", VMStateSize: 0, VMClockNsec: 3723004000000, ICount: 0},
+		{ID: "12", Name: "a-long-snapshot-name", VMStateSize: 1 << 20, ICount: ^uint64(0)}})
+	lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
+	if len(lines) != 4 || lines[0] != "Snapshot list:" ||
+		lines[1] != "ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT" {
+		t.Fatalf("unexpected listing:\n%s", b.String())
+	}
+	// Columns as qemu-img's: ID 9+1, TAG 16+1, VM SIZE 8, DATE 20, CLOCK 13, ICOUNT 11.
+	if !strings.HasPrefix(lines[2], "1         s1                    0 B ") || !strings.HasSuffix(lines[2], " 01:02:03.004          0") {
+		t.Errorf("row %q", lines[2])
+	}
+	if !strings.HasSuffix(lines[3], "00:00:00.000           ") || !strings.Contains(lines[3], "a-long-snapshot-name    1 MiB") {
+		t.Errorf("row %q", lines[3])
+	}
+	b.Reset()
+	writeSnapshotList(&b, nil)
+	if b.Len() != 0 {
+		t.Errorf("no snapshots printed %q, want nothing (as qemu-img)", b.String())
+	}
+}
+
+func TestLayerFiles(t *testing.T) {
+	in := &qcow2.Info{Filename: "/d/top.qcow2", BackingFile: "mid.qcow2",
+		Backing: &qcow2.Info{Filename: "/d/mid.qcow2", BackingFile: "/abs/base.qcow2", DataFile: "",
+			Backing: &qcow2.Info{Filename: "/abs/base.qcow2", DataFile: "base.raw"}}}
+	got := layerFiles("top.qcow2", in)
+	want := []string{"top.qcow2", "mid.qcow2", "/abs/base.raw"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("layerFiles = %q, want %q", got, want)
+	}
+}
+
+// TestMaintCLI drives the maintenance commands in-process on a fresh image
+// (the QEMU comparisons are in the integration suite).
+func TestMaintCLI(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "t.qcow2")
+	mustRun := func(want int, args ...string) string {
+		t.Helper()
+		code, out, errOut := runCLI(t, args...)
+		if code != want {
+			t.Fatalf("qcow2fs %s: exit %d, want %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, want, out, errOut)
+		}
+		return out
+	}
+	mustRun(0, "create", "-q", "-o", "cluster_size=4k", img, "1M")
+	mustRun(0, "snapshot", "create", "s1", img)
+	if out := mustRun(0, "snapshot", "list", img); !strings.Contains(out, " s1 ") {
+		t.Errorf("snapshot list:\n%s", out)
+	}
+	mustRun(0, "resize", "-q", img, "+1M")
+	mustRun(0, "snapshot", "-a", "s1", img)
+	out := mustRun(0, "check", "--output", "json", img)
+	var res qcow2.CheckResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Filename != img || res.TotalClusters != 256 {
+		t.Errorf("check json: %v %+v\n%s", err, res, out)
+	}
+	out = mustRun(0, "map", "--output", "json", img)
+	var runs []map[string]any
+	if err := json.Unmarshal([]byte(out), &runs); err != nil || len(runs) != 1 || runs[0]["length"] != float64(1<<20) {
+		t.Errorf("map json: %v\n%s", err, out)
+	}
+	mustRun(0, "snapshot", "delete", "1", img)
+
+	// Usage errors: exit 2; failures: exit 1.
+	mustRun(2, "create", img)
+	mustRun(2, "create", "-o", "bogus=1", img, "1M")
+	mustRun(2, "create", img, "12Q")
+	mustRun(2, "check", "--repair", "some", img)
+	mustRun(2, "check", "-r", "all", "-U", img)
+	mustRun(2, "resize", img)
+	mustRun(2, "snapshot", "frobnicate", img)
+	mustRun(2, "snapshot", "-l", "-c", "x", img)
+	mustRun(2, "rebase", img)
+	mustRun(2, "map", "--output", "xml", img)
+	mustRun(1, "resize", img, "-1M")
+	mustRun(1, "snapshot", "apply", "nope", img)
+	mustRun(1, "check", filepath.Join(dir, "missing.qcow2"))
+	for _, cmd := range []string{"create", "check", "snapshot", "resize", "map", "commit", "rebase"} {
+		if out := mustRun(0, cmd, "--help"); !strings.Contains(out, "Usage: qcow2fs "+cmd) {
+			t.Errorf("%s --help:\n%s", cmd, out)
+		}
+	}
+}
+
+// TestProgressSilentOffTerminal: -p draws nothing when stderr is not a
+// terminal (logs and pipes get no control characters), and the callbacks
+// are safe to call either way.
+func TestProgressSilentOffTerminal(t *testing.T) {
+	old := stderrIsTerminal
+	defer func() { stderrIsTerminal = old }()
+	stderrIsTerminal = func() bool { return false }
+	p := newProgress(true, "x")
+	if p.bar != nil {
+		t.Fatal("progress bar created although stderr is not a terminal")
+	}
+	p.update(1, 2)
+	p.finish()
+	p.abort()
+	stderrIsTerminal = func() bool { return true }
+	if p := newProgress(false, "x"); p.bar != nil {
+		t.Error("progress bar created without -p")
+	}
+}
