@@ -96,6 +96,18 @@ func (c *Cache) Get(key uint64) (*Block, error) {
 	return c.insert(key, buf), nil
 }
 
+// Lookup returns the block at key if it is cached (marking it recently
+// used), or nil; it never loads.
+func (c *Cache) Lookup(key uint64) *Block {
+	b, ok := c.blocks[key]
+	if !ok {
+		return nil
+	}
+	c.Hits++
+	c.lru.MoveToFront(b.elem)
+	return b
+}
+
 // Peek returns the block at key if it is cached, without loading it.
 func (c *Cache) Peek(key uint64) *Block {
 	return c.blocks[key]

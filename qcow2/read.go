@@ -202,6 +202,7 @@ func (img *Image) read(p []byte, off int64) error {
 	if err != nil {
 		return err
 	}
+	compressed := false
 	for _, r := range runs {
 		buf := p[r.off-off : r.off-off+r.length]
 		switch r.kind {
@@ -220,16 +221,11 @@ func (img *Image) read(p []byte, off int64) error {
 				return fmt.Errorf("read data at %#x of %s: %w", r.host, s.dataName(), err)
 			}
 		case kindCompressed:
-			s.mu.Lock()
-			blk, err := s.zc.Get(r.desc)
-			if err == nil {
-				copy(buf, blk.Data[r.skip:r.skip+r.length])
-			}
-			s.mu.Unlock()
-			if err != nil {
-				return err
-			}
+			compressed = true // filled below, in parallel
 		}
+	}
+	if compressed {
+		return img.readCompressed(p, off, runs)
 	}
 	return nil
 }
