@@ -50,7 +50,9 @@ var (
 
 func (f *rawFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	var fuseFlags uint32
-	if f.directIO {
+	// Same rule as qcow2fs: O_DIRECT openers get FOPEN_DIRECT_IO with
+	// parallel direct writes, so the ceiling measures the same FUSE path.
+	if f.directIO || flags&syscall.O_DIRECT != 0 {
 		fuseFlags |= fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES
 	}
 	return nil, fuseFlags, 0
