@@ -62,7 +62,7 @@ type guestOp struct {
 
 func TestPowerCut(t *testing.T) {
 	needQemu(t)
-	points := 250
+	points := 700
 	if v, err := strconv.Atoi(os.Getenv("POWERCUT_POINTS")); err == nil {
 		points = v
 	}

@@ -72,29 +72,7 @@ func openMaintWith(path string, o OpenOptions) (*maint, error) {
 // before any write). rebuildDirty repairs the refcounts of a dirty image
 // first. Caller holds s.mu.
 func (w *writer) prepareKeepBitmaps(rebuildDirty bool) error {
-	s := w.img.s
-	if s.corrupt {
-		return ErrCorrupt
-	}
-	if w.prepared {
-		return nil
-	}
-	if rebuildDirty && s.hdr.IncompatibleFeatures&IncompatDirty != 0 {
-		if err := w.rebuildRefcounts(); err != nil {
-			return fmt.Errorf("%s: repair refcounts of dirty image: %w", s.path, err)
-		}
-	}
-	if unknown := s.hdr.AutoclearFeatures &^ autoclearKnown; unknown != 0 && s.hdr.Version >= 3 {
-		s.hdr.AutoclearFeatures &^= unknown
-		if err := w.writeHeader(); err != nil {
-			return err
-		}
-		if err := s.syncMeta(); err != nil {
-			return err
-		}
-	}
-	w.prepared = true
-	return nil
+	return w.prepareWith(rebuildDirty, true)
 }
 
 // hasValidBitmaps reports whether the image holds persistent bitmaps QEMU

@@ -81,7 +81,13 @@ func (w *writer) writeHeader() error {
 // prepare runs once before the first modification: it clears autoclear bits
 // QEMU must learn about (bitmaps are now stale; unknown bits), and makes the
 // change durable before any data changes. Caller holds s.mu.
-func (w *writer) prepare() error {
+func (w *writer) prepare() error { return w.prepareWith(true, false) }
+
+// prepareWith is prepare for maintenance as well: rebuildDirty repairs the
+// refcounts of a dirty image first; keepBitmaps clears only the autoclear
+// bits this implementation does not know (operations that keep guest
+// content, like snapshots and rebase, leave QEMU's bitmaps valid).
+func (w *writer) prepareWith(rebuildDirty, keepBitmaps bool) error {
 	s := w.img.s
 	if s.corrupt {
 		return ErrCorrupt
@@ -89,13 +95,17 @@ func (w *writer) prepare() error {
 	if w.prepared {
 		return nil
 	}
-	if s.hdr.IncompatibleFeatures&IncompatDirty != 0 {
+	if rebuildDirty && s.hdr.IncompatibleFeatures&IncompatDirty != 0 {
 		if err := w.rebuildRefcounts(); err != nil {
 			return fmt.Errorf("%s: repair refcounts of dirty image: %w", s.path, err)
 		}
 	}
-	if clear := s.hdr.AutoclearFeatures &^ AutoclearDataFileRaw; clear != 0 && s.hdr.Version >= 3 {
-		s.hdr.AutoclearFeatures &^= clear
+	clearBits := s.hdr.AutoclearFeatures &^ AutoclearDataFileRaw
+	if keepBitmaps {
+		clearBits = s.hdr.AutoclearFeatures &^ autoclearKnown
+	}
+	if clearBits != 0 && s.hdr.Version >= 3 {
+		s.hdr.AutoclearFeatures &^= clearBits
 		if err := w.writeHeader(); err != nil {
 			return err
 		}
