@@ -26,6 +26,11 @@ func (img *Image) l2TableOffset(i int64) (int64, error) {
 	if off&(img.s.g.clusterSize-1) != 0 {
 		return 0, img.s.corruptf("L1 entry %d: L2 table offset %#x is not cluster-aligned", i, off)
 	}
+	if off != 0 {
+		if what := img.overlapsMetadata(off, img.s.g.clusterSize); what != "" {
+			return 0, img.s.corruptf("L1 entry %d: L2 table at %#x overlaps %s", i, off, what)
+		}
+	}
 	return off, nil
 }
 

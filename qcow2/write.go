@@ -193,6 +193,14 @@ func (w *writer) writePiece(p []byte, c, skip int64) error {
 		s.mu.Unlock()
 		return err
 	}
+	if (in || w.hasHost(e) && e.copied()) && s.dataF == s.f {
+		// About to write into an existing cluster: never into metadata.
+		if what := img.overlapsMetadata(e.hostOffset(), s.g.clusterSize); what != "" {
+			err := s.corruptf("guest cluster %d: data cluster at %#x overlaps %s", c, e.hostOffset(), what)
+			s.mu.Unlock()
+			return err
+		}
+	}
 	if in {
 		s.mu.Unlock()
 		return w.pwriteData(p, e.hostOffset()+skip)
