@@ -27,7 +27,7 @@ loop=$(losetup --find --show --direct-io=on "$mnt/soak.raw")
 echo "soak: $minutes min on $loop (daemon pid $pid); RSS samples (KiB):"
 fio --name=soak --filename="$loop" --ioengine=psync --direct=1 --rw=randrw --rwmixread=50 \
 	--bsrange=4k-256k --numjobs=4 --size=1500M --time_based --runtime=$((minutes * 60)) \
-	--verify=crc32c --verify_fatal=1 --do_verify=1 --group_reporting --output="$work/fio.txt" &
+	--verify=crc32c --verify_fatal=1 --do_verify=1 --verify_state_save=0 --group_reporting --output="$work/fio.txt" &
 fio_pid=$!
 while kill -0 "$fio_pid" 2>/dev/null; do
 	echo "$(date +%T) $(awk '/VmRSS/ {print $2}' /proc/"$pid"/status) $(awk '/VmHWM/ {print $2}' /proc/"$pid"/status)"
