@@ -40,7 +40,7 @@ func publicDir(t *testing.T) string {
 func TestAllowRoot(t *testing.T) {
 	requireFUSE(t)
 	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("SKIPPING: setpriv (util-linux) not installed")
+		lacking(t, "setpriv (util-linux)")
 	}
 	dir := publicDir(t)
 	path := filepath.Join(dir, "img.qcow2")

@@ -20,11 +20,22 @@ import (
 func requireFUSE(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("SKIPPING: FUSE mount tests need root")
+		lacking(t, "root (FUSE mount tests)")
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("SKIPPING: no /dev/fuse on this machine")
+		lacking(t, "/dev/fuse")
 	}
+}
+
+// lacking reports that the machine lacks something a test needs: a loud
+// skip on a developer's machine, a failure on CI (CI set, as .ci/run does),
+// which must have everything.
+func lacking(t testing.TB, what string) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatalf("the CI machine lacks a requirement: %s", what)
+	}
+	t.Skipf("SKIPPED (machine lacks a requirement): %s", what)
 }
 
 // run runs a QEMU tool and fails the test with its output on error.

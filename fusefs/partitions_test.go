@@ -24,7 +24,7 @@ import (
 func partitionedImage(t *testing.T, dir string) (string, [2]int64, [2]int64) {
 	t.Helper()
 	if _, err := exec.LookPath("sfdisk"); err != nil {
-		t.Skip("SKIPPING: sfdisk (util-linux) not installed")
+		lacking(t, "sfdisk (fdisk package)")
 	}
 	raw := filepath.Join(dir, "disk.img")
 	if err := os.WriteFile(raw, nil, 0o644); err != nil {

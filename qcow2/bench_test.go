@@ -13,9 +13,7 @@ import (
 
 func benchImage(b *testing.B, opts string, size int64, fill bool) *Image {
 	b.Helper()
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		b.Skip("SKIPPING: qemu-img not installed")
-	}
+	needQEMU(b)
 	path := filepath.Join(b.TempDir(), "b.qcow2")
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, path, fmt.Sprint(size)).CombinedOutput(); err != nil {
 		b.Fatalf("%v %s", err, out)

@@ -122,7 +122,7 @@ func compareWithQEMU(t *testing.T, path string, r *CheckResult) mtQemuCheckResul
 }
 
 func TestCheckClean(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	type tc struct {
 		name  string
 		opts  string
@@ -178,7 +178,7 @@ func TestCheckClean(t *testing.T) {
 // TestCheckCorrupted corrupts images by hand and compares what Check finds
 // with qemu-img check, then repairs.
 func TestCheckCorrupted(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	type tc struct {
 		name    string
 		snap    bool
@@ -303,7 +303,7 @@ func TestCheckCorrupted(t *testing.T) {
 // stale refcounts; Check reports what qemu-img check reports, and a repair
 // fixes them and clears the dirty bit.
 func TestCheckDirty(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	path := mtQemuCreate(t, filepath.Join(dir, "img.qcow2"), 4<<20, "lazy_refcounts=on")
 	mtIO(t, path, "write -P 1 0 64k")
@@ -335,7 +335,7 @@ func TestCheckDirty(t *testing.T) {
 // TestCheckCorruptBit: an image marked corrupt is repaired and the bit
 // cleared.
 func TestCheckCorruptBit(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	path := mtQemuCreate(t, filepath.Join(dir, "img.qcow2"), 1<<20, "")
 	mtIO(t, path, "write -P 1 0 64k")
@@ -393,7 +393,7 @@ func TestCheckLocking(t *testing.T) {
 // with snapshots; every maintenance operation must fail cleanly or succeed,
 // never panic or hang.
 func TestMaintenanceOnDamagedImages(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	orig := mtQemuCreate(t, filepath.Join(dir, "orig.qcow2"), 2<<20, "cluster_size=4096")
 	mtIO(t, orig, "write -P 1 0 64k", "write -c -P 2 64k 64k", "write -P 3 1M 8k")
@@ -454,7 +454,7 @@ func TestMaintenanceOnDamagedImages(t *testing.T) {
 // TestCheckEntryCorruptions: invalid extended L2 bitmaps and flags on
 // compressed entries, classified as qemu-img check does.
 func TestCheckEntryCorruptions(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	type tc struct {
 		name    string
 		opts    string
@@ -514,7 +514,7 @@ func TestCheckEntryCorruptions(t *testing.T) {
 // with snapshots and compressed clusters; wherever both run, Check counts
 // what qemu-img check counts.
 func TestCheckRandomDamageVsQEMU(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	orig := mtQemuCreate(t, filepath.Join(dir, "orig.qcow2"), 2<<20, "cluster_size=4096")
 	mtIO(t, orig, "write -P 1 0 64k", "write -c -P 2 64k 64k", "write -P 3 1M 8k")
@@ -563,7 +563,7 @@ func TestCheckRandomDamageVsQEMU(t *testing.T) {
 // copy, by qemu-img check -r: ours must leave the image no worse than
 // QEMU's does, and where both end clean the guest content must agree.
 func TestCheckRandomRepairVsQEMU(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	orig := mtQemuCreate(t, filepath.Join(dir, "orig.qcow2"), 2<<20, "cluster_size=4096")
 	mtIO(t, orig, "write -P 1 0 64k", "write -c -P 2 64k 64k", "write -P 3 1M 8k")

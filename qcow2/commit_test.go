@@ -28,7 +28,7 @@ func mtCopyDir(t testing.TB, src string) string {
 }
 
 func TestCommit(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	type tc struct {
 		name     string
 		baseOpts string // "raw" for a raw backing file
@@ -118,7 +118,7 @@ func TestCommit(t *testing.T) {
 }
 
 func TestCommitRefusals(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	alone := mtQemuCreate(t, filepath.Join(dir, "alone.qcow2"), 1<<20, "")
 	if err := Commit(alone); err == nil || !strings.Contains(err.Error(), "no backing file") {
@@ -153,7 +153,7 @@ func TestCommitRefusals(t *testing.T) {
 }
 
 func TestRebase(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	type tc struct {
 		name       string
 		topOpts    string
@@ -232,7 +232,7 @@ func TestRebase(t *testing.T) {
 }
 
 func TestRebaseRefusals(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	top := mtQemuCreate(t, filepath.Join(dir, "top.qcow2"), 1<<20, "")
 	for name, err := range map[string]error{
@@ -257,7 +257,7 @@ func TestRebaseRefusals(t *testing.T) {
 // TestRebaseUnsafeMissingOldBacking: -u only rewrites the name, so the old
 // backing file need not exist (the usual reason for -u: it moved).
 func TestRebaseUnsafeMissingOldBacking(t *testing.T) {
-	needQemu(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.qcow2")
 	top := filepath.Join(dir, "top.qcow2")
@@ -280,7 +280,7 @@ func TestRebaseUnsafeMissingOldBacking(t *testing.T) {
 // TestIdleWritableOpenKeepsFile: a read-write open that writes nothing
 // leaves the file byte for byte as it was (length included).
 func TestIdleWritableOpenKeepsFile(t *testing.T) {
-	needQemu(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "i.qcow2")
 	wrun(t, "qemu-img", "create", "-q", "-f", "qcow2", path, "8M")

@@ -16,7 +16,7 @@ import (
 // read-write sets the corrupt bit, refuses further writes, keeps serving
 // reads of healthy ranges, and QEMU sees the bit afterwards.
 func TestRuntimeCorruption(t *testing.T) {
-	needQemu(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "c.qcow2")
 	wrun(t, "qemu-img", "create", "-q", "-f", "qcow2", path, "4M")
@@ -71,7 +71,7 @@ func TestRuntimeCorruption(t *testing.T) {
 // anything is written through it: the image is marked corrupt, metadata is
 // unchanged.
 func TestOverlapRefused(t *testing.T) {
-	needQemu(t)
+	needQEMU(t)
 	for _, target := range []string{"data-on-l1", "l2-on-refcount-table"} {
 		t.Run(target, func(t *testing.T) {
 			dir := t.TempDir()
@@ -122,7 +122,7 @@ func TestOverlapRefused(t *testing.T) {
 // TestAbsurdlyDeepChain: a backing chain deeper than 64 images is refused
 // with a clear error, quickly and without opening all of it.
 func TestAbsurdlyDeepChain(t *testing.T) {
-	needQemu(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	prev := ""
 	for i := 0; i < 70; i++ {

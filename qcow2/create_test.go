@@ -15,15 +15,6 @@ import (
 // Helpers shared by the maintenance tests (create, check, snapshot, resize,
 // commit/rebase). QEMU is the oracle throughout.
 
-func mtNeedQEMU(t testing.TB) {
-	t.Helper()
-	for _, tool := range []string{"qemu-img", "qemu-io"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("SKIPPED: %s is not installed: the maintenance tests need qemu-utils (apt-get install qemu-utils)", tool)
-		}
-	}
-}
-
 // mtRun runs a command in dir (the image's directory) and returns its
 // combined output, failing the test on a non-zero exit.
 func mtRun(t testing.TB, dir, name string, args ...string) string {
@@ -205,7 +196,7 @@ func mtMap(t testing.TB, path string) []mtMapEntry {
 }
 
 func TestCreateMatrix(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	const size = 3<<20 + 100 // rounded up to 3 MiB + 512
 	type tc struct {
 		name    string
@@ -324,7 +315,7 @@ func TestCreateMatrix(t *testing.T) {
 // refcount block covers only 64 clusters, fewer than the L1 table of a
 // 1 GiB image needs: the run allocator must place the blocks around it.
 func TestCreateLongTableRuns(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	path := filepath.Join(t.TempDir(), "img.qcow2")
 	if err := Create(path, CreateOptions{Size: 1 << 30, ClusterSize: 512, RefcountBits: 64}); err != nil {
 		t.Fatal(err)

@@ -17,7 +17,7 @@ import (
 // TestHostileNamedFiles: an image naming a device, a FIFO or a /proc file as
 // its backing or data file is refused at once (a FIFO must not hang us).
 func TestHostileNamedFiles(t *testing.T) {
-	needQemu(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	fifo := filepath.Join(dir, "fifo")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
@@ -64,12 +64,9 @@ func TestHostileNamedFiles(t *testing.T) {
 // fails with ENOSPC, the image stays consistent, and once space returns the
 // same writes succeed.
 func TestHostENOSPC(t *testing.T) {
-	needQemu(t)
+	needQEMU(t)
 	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI must run as root")
-		}
-		t.Skip("SKIPPING: mounting a small tmpfs needs root")
+		lacking(t, "root (to mount a small tmpfs)")
 	}
 	dir := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", dir).CombinedOutput(); err != nil {
@@ -146,7 +143,7 @@ func (f *eioFile) WriteAt(p []byte, off int64) (int, error) {
 // nothing: after the errors stop, the image checks clean and holds every
 // write that succeeded.
 func TestHostEIO(t *testing.T) {
-	needQemu(t)
+	needQEMU(t)
 	for _, failWrites := range []int{1, 3} {
 		for _, at := range []int{0, 1, 5} { // which write fails first
 			t.Run(fmt.Sprintf("fail%d-at%d", failWrites, at), func(t *testing.T) {

@@ -12,7 +12,7 @@ import (
 
 // TestLockingWithQEMU checks that qcow2fs and QEMU exclude each other both ways.
 func TestLockingWithQEMU(t *testing.T) {
-	needQemu(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "l.qcow2")
 	wrun(t, "qemu-img", "create", "-q", "-f", "qcow2", path, "16M")

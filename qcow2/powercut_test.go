@@ -61,7 +61,7 @@ type guestOp struct {
 }
 
 func TestPowerCut(t *testing.T) {
-	needQemu(t)
+	needQEMU(t)
 	points := 700
 	if v, err := strconv.Atoi(os.Getenv("POWERCUT_POINTS")); err == nil {
 		points = v

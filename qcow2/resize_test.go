@@ -16,7 +16,7 @@ func mtResized(b []byte, size int64) []byte {
 }
 
 func TestResize(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	type tc struct {
 		name    string
 		opts    string
@@ -118,7 +118,7 @@ func TestResize(t *testing.T) {
 }
 
 func TestResizeRefusals(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	path := mtQemuCreate(t, filepath.Join(dir, "v2.qcow2"), 1<<20, "compat=0.10")
 	mtRun(t, dir, "qemu-img", "snapshot", "-c", "s", path)
@@ -153,7 +153,7 @@ func TestResizeRefusals(t *testing.T) {
 // table growth; every run cluster ends up with refcount 1 and nothing
 // else, so qemu-img check reports exactly the runs as leaks.
 func TestAllocRun(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	for _, o := range []CreateOptions{
 		{Size: 1 << 20, ClusterSize: 512, RefcountBits: 64},
 		{Size: 1 << 20, ClusterSize: 4096, RefcountBits: 1},

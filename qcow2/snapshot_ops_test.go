@@ -53,7 +53,7 @@ func mtMakeSnapImage(t *testing.T, c snapCase) string {
 // TestSnapshotCreate: snapshots made here read right through QEMU, and
 // survive later writes by QEMU and by this package's writer.
 func TestSnapshotCreate(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	for _, c := range snapCases() {
 		t.Run(c.name, func(t *testing.T) {
 			path := mtMakeSnapImage(t, c)
@@ -110,7 +110,7 @@ func TestSnapshotCreate(t *testing.T) {
 // TestSnapshotEntryLikeQEMU compares our snapshot table entry with the one
 // qemu-img snapshot -c writes.
 func TestSnapshotEntryLikeQEMU(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	ours := mtQemuCreate(t, filepath.Join(dir, "ours.qcow2"), 3<<20, "")
 	theirs := mtQemuCreate(t, filepath.Join(dir, "theirs.qcow2"), 3<<20, "")
@@ -145,7 +145,7 @@ func TestSnapshotEntryLikeQEMU(t *testing.T) {
 // TestSnapshotApplyDelete: snapshots made by qemu-img are applied and
 // deleted here, with qemu-img check clean after each step.
 func TestSnapshotApplyDelete(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	for _, c := range snapCases() {
 		t.Run(c.name, func(t *testing.T) {
 			path := mtMakeSnapImage(t, c)
@@ -202,7 +202,7 @@ func TestSnapshotApplyDelete(t *testing.T) {
 // TestSnapshotApplyRestoresSize: a snapshot taken before a resize brings
 // its own disk size back.
 func TestSnapshotApplyRestoresSize(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	path := mtQemuCreate(t, filepath.Join(dir, "img.qcow2"), 2<<20, "cluster_size=4096")
 	mtIO(t, path, "write -P 0x10 0 2M")
@@ -239,7 +239,7 @@ func TestSnapshotApplyRestoresSize(t *testing.T) {
 // shared three ways at most; a fourth reference is refused before anything
 // changes.
 func TestSnapshotRefcountOverflow(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	path := mtQemuCreate(t, filepath.Join(dir, "img.qcow2"), 1<<20, "refcount_bits=2,cluster_size=4096")
 	mtIO(t, path, "write -P 0x10 0 64k")
@@ -319,7 +319,7 @@ func dataFileImage(t *testing.T, dir string) string {
 // stays listed); those that would change content or size behind their
 // back refuse.
 func TestMaintenanceKeepsBitmaps(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	dir := t.TempDir()
 	base := mtQemuCreate(t, filepath.Join(dir, "base.qcow2"), 4<<20, "")
 	mtIO(t, base, "write -P 1 0 1M")
@@ -365,7 +365,7 @@ func TestMaintenanceKeepsBitmaps(t *testing.T) {
 // TestSnapshotEmptyImage: a zero-sized image (no L1 table at all) takes
 // snapshots, applies and deletes them, and grows afterwards.
 func TestSnapshotEmptyImage(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	path := filepath.Join(t.TempDir(), "empty.qcow2")
 	if err := Create(path, CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -396,7 +396,7 @@ func TestSnapshotEmptyImage(t *testing.T) {
 // and resizes, checking it against an in-memory model after every step:
 // qemu-img check clean, active content and every snapshot's content right.
 func TestSnapshotRandomSequence(t *testing.T) {
-	mtNeedQEMU(t)
+	needQEMU(t)
 	for _, opts := range []string{"cluster_size=4096", "cluster_size=16384,extended_l2=on", "cluster_size=4096,refcount_bits=8,compat=1.1"} {
 		t.Run(opts, func(t *testing.T) {
 			dir := t.TempDir()

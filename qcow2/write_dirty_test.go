@@ -11,7 +11,7 @@ import (
 // with lazy refcounts has stale refcounts; the first write must rebuild them
 // so that new allocations do not land on used clusters.
 func TestDirtyImageRepairedBeforeWrite(t *testing.T) {
-	needQemu(t)
+	needQEMU(t)
 	for _, opts := range []string{"lazy_refcounts=on,cluster_size=4096", "lazy_refcounts=on,cluster_size=512,refcount_bits=1"} {
 		t.Run(opts, func(t *testing.T) {
 			dir := t.TempDir()

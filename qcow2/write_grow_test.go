@@ -12,7 +12,7 @@ import (
 // TestRefcountTableGrowth fills images whose refcount table must grow (and
 // move) several times, then has QEMU check them.
 func TestRefcountTableGrowth(t *testing.T) {
-	needQemu(t)
+	needQEMU(t)
 	for _, opts := range []string{
 		"cluster_size=512,refcount_bits=64",
 		"cluster_size=512,refcount_bits=1",
@@ -49,7 +49,7 @@ func TestRefcountTableGrowth(t *testing.T) {
 // TestConcurrentWrites races writers on the same unallocated clusters and
 // readers against them; every byte must end as one writer's, never lost.
 func TestConcurrentWrites(t *testing.T) {
-	needQemu(t)
+	needQEMU(t)
 	for _, opts := range []string{"cluster_size=65536", "cluster_size=65536,extended_l2=on", "cluster_size=4096"} {
 		t.Run(opts, func(t *testing.T) {
 			dir := t.TempDir()

@@ -11,13 +11,6 @@ import (
 	"testing"
 )
 
-func needQemu(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("SKIPPING: qemu-img not installed; install qemu-utils to run the QEMU differential tests")
-	}
-}
-
 func wrun(t *testing.T, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
@@ -73,7 +66,7 @@ type writeCase struct {
 }
 
 func TestWriteDifferential(t *testing.T) {
-	needQemu(t)
+	needQEMU(t)
 	cases := []writeCase{
 		{name: "v3-64k", opts: "compat=1.1,cluster_size=65536", size: 8 << 20},
 		{name: "v2-64k", opts: "compat=0.10,cluster_size=65536", size: 8 << 20},
