@@ -52,7 +52,9 @@ func (s *shared) decompressCluster(key uint64, out []byte) error {
 	// The length is an upper bound that often runs into the next cluster or
 	// past EOF: read what is there.
 	length = min(length, fsize-host)
-	in := make([]byte, length)
+	bp := s.getBuf()
+	defer s.putBuf(bp)
+	in := (*bp)[:length]
 	if _, err := s.f.ReadAt(in, host); err != nil && err != io.EOF {
 		return fmt.Errorf("read compressed cluster at %#x of %s: %w", host, s.path, err)
 	}
@@ -88,11 +90,15 @@ func (img *Image) readCompressed(p []byte, off int64, runs []run) error {
 		return nil
 	}
 	bufs := make([][]byte, len(missing))
+	for i := range bufs {
+		bp := s.getBuf()
+		defer s.putBuf(bp)
+		bufs[i] = (*bp)[:s.g.clusterSize]
+	}
 	errs := make([]error, len(missing))
 	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
 	var wg sync.WaitGroup
 	for i, d := range missing {
-		bufs[i] = make([]byte, s.g.clusterSize)
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {

@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 )
 
@@ -160,15 +161,11 @@ func (w *writer) applyFrees(frees []pendingFree) error {
 	return nil
 }
 
-// close flushes everything and leaves the image clean.
+// close flushes everything and leaves the image clean; closing twice is
+// not an error.
 func (w *writer) close() error {
-	s := w.img.s
-	w.ioLock.Lock()
-	defer w.ioLock.Unlock()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil
+	if err := w.img.Flush(); !errors.Is(err, ErrClosed) {
+		return err
 	}
-	return w.flushLocked()
+	return nil
 }

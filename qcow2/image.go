@@ -58,6 +58,10 @@ type shared struct {
 	zc  *cache.Cache // decompressed clusters, keyed by compressed descriptor
 	rc  *cache.Cache // refcount blocks, keyed by host offset
 
+	// bufs recycles scratch buffers of maxScratch bytes: copy-on-write
+	// merges and compressed clusters (input and output) on the I/O path.
+	bufs sync.Pool
+
 	closed  bool
 	corrupt bool // metadata found inconsistent: writes refused
 	refs    int  // views open on this file
@@ -389,6 +393,19 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 	}
 	return img, nil
 }
+
+// getBuf returns a scratch buffer of at least two clusters plus a sector
+// (the longest compressed cluster a descriptor can describe); putBuf
+// recycles it.
+func (s *shared) getBuf() *[]byte {
+	if b, ok := s.bufs.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 2*s.g.clusterSize+512)
+	return &b
+}
+
+func (s *shared) putBuf(b *[]byte) { s.bufs.Put(b) }
 
 // DefaultCacheSize is the default L2 cache budget: it maps 128 GiB of a
 // 64 KiB-cluster image at once, and random I/O over larger images costs one

@@ -23,7 +23,6 @@ type writer struct {
 	l1Dirty  map[int64]bool
 	pending  []pendingFree // refcount decrements waiting for the L2 updates to be durable
 	prepared bool          // header prepared for writing (autoclear cleared, refcounts valid)
-	bufPool  sync.Pool
 	zeroBuf  []byte
 	fileLen  int64 // host file length we know of
 	// fresh is the first host cluster never handed out since open and past
@@ -40,12 +39,11 @@ type pendingFree struct {
 func newWriter(img *Image) *writer {
 	cs := img.s.g.clusterSize
 	w := &writer{img: img, inflight: map[int64]chan struct{}{}, l1Dirty: map[int64]bool{}}
-	w.bufPool.New = func() any { b := make([]byte, cs); return &b }
 	w.zeroBuf = make([]byte, cs)
 	return w
 }
 
-// initWriter loads the refcount structure; called once at open.
+// init loads the refcount structure; called once at open.
 func (w *writer) init() error {
 	s := w.img.s
 	rc, err := s.loadRefcounts()
@@ -65,9 +63,6 @@ func (w *writer) init() error {
 	w.end = s.g.alignUp(fsize) >> s.g.clusterBits
 	return nil
 }
-
-func (w *writer) getBuf() *[]byte  { return w.bufPool.Get().(*[]byte) }
-func (w *writer) putBuf(b *[]byte) { w.bufPool.Put(b) }
 
 // writeHeader writes the fixed header fields (not the extensions).
 func (w *writer) writeHeader() error {
@@ -315,8 +310,8 @@ func (w *writer) cowWrite(c int64, e l2Entry, host int64, reuse, fresh bool, p [
 		// (reads as zeros) and so was the old content.
 		return ne, w.pwriteData(p, host+skip)
 	}
-	bp := w.getBuf()
-	defer w.putBuf(bp)
+	bp := img.s.getBuf()
+	defer img.s.putBuf(bp)
 	buf := (*bp)[from:to]
 	if err := img.readEntry(c, e, buf[:skip-from], from); err != nil {
 		return ne, err

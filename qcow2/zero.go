@@ -82,11 +82,7 @@ func (w *writer) zeroPiece(c, skip, length int64) error {
 			if hasBacking {
 				ne.word = oflagZero
 			}
-			err := w.setL2(c, ne)
-			if err == nil {
-				w.freeEntry(e)
-				w.punchDataFile(c)
-			}
+			err := w.replaceEntry(c, e, ne)
 			s.mu.Unlock()
 			return err
 		}
@@ -108,11 +104,7 @@ func (w *writer) zeroPiece(c, skip, length int64) error {
 				s.mu.Unlock()
 				return nil
 			}
-			err := w.setL2(c, ne)
-			if err == nil {
-				w.freeEntry(e)
-				w.punchDataFile(c)
-			}
+			err := w.replaceEntry(c, e, ne)
 			s.mu.Unlock()
 			return err
 		}
@@ -147,6 +139,18 @@ func (w *writer) zeroPiece(c, skip, length int64) error {
 	}
 	s.mu.Unlock()
 	return w.writePiece(w.zeroBuf[:length], c, skip)
+}
+
+// replaceEntry stores ne for guest cluster c in place of e and drops what e
+// held (its host cluster, and its data in an external data file). Caller
+// holds s.mu.
+func (w *writer) replaceEntry(c int64, e, ne l2Entry) error {
+	if err := w.setL2(c, ne); err != nil {
+		return err
+	}
+	w.freeEntry(e)
+	w.punchDataFile(c)
+	return nil
 }
 
 // writeZeroBytes zeroes a range inside one subcluster unless it already
