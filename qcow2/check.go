@@ -465,13 +465,9 @@ func (c *checker) countBitmaps() error {
 	if s.hdr.AutoclearFeatures&AutoclearBitmaps == 0 {
 		return nil
 	}
-	for _, ext := range s.exts {
-		if ext.Type != ExtBitmaps || len(ext.Data) < 24 {
-			continue
-		}
+	if bd, ok := s.bitmapDirectory(); ok {
 		be := binary.BigEndian
-		dirSize := int64(be.Uint64(ext.Data[8:]))
-		dirOff := int64(be.Uint64(ext.Data[16:]))
+		dirSize, dirOff := bd.size, bd.offset
 		c.inc(dirOff, dirSize)
 		if dirSize > 64<<20 || dirOff < 0 || dirOff+dirSize > c.fileLen {
 			c.msg("ERROR: bitmap directory at %#x (+%d bytes) is invalid", dirOff, dirSize)

@@ -60,19 +60,12 @@ func (img *Image) Info() *Info {
 
 // bitmapNames reads the names from the bitmap directory, best effort.
 func (s *shared) bitmapNames() []string {
-	var ext []byte
-	for _, e := range s.exts {
-		if e.Type == ExtBitmaps {
-			ext = e.Data
-		}
-	}
-	if len(ext) < 24 {
+	bd, ok := s.bitmapDirectory()
+	if !ok {
 		return nil
 	}
 	be := binary.BigEndian
-	nb := be.Uint32(ext[0:])
-	dirSize := be.Uint64(ext[8:])
-	dirOff := be.Uint64(ext[16:])
+	nb, dirSize, dirOff := bd.count, uint64(bd.size), uint64(bd.offset)
 	if dirSize > 64<<20 || nb > 65535 {
 		return nil
 	}
@@ -98,4 +91,23 @@ func (s *shared) bitmapNames() []string {
 		off = (start + nameSize + 7) &^ 7
 	}
 	return names
+}
+
+// bitmapDir is what the bitmaps header extension says of the bitmap
+// directory.
+type bitmapDir struct {
+	count        uint32 // nb_bitmaps
+	size, offset int64  // bitmap_directory_size, bitmap_directory_offset
+}
+
+// bitmapDirectory decodes the bitmaps header extension, if there is one.
+func (s *shared) bitmapDirectory() (bitmapDir, bool) {
+	for _, e := range s.exts {
+		if e.Type == ExtBitmaps && len(e.Data) >= 24 {
+			be := binary.BigEndian
+			return bitmapDir{count: be.Uint32(e.Data[0:]), size: int64(be.Uint64(e.Data[8:])),
+				offset: int64(be.Uint64(e.Data[16:]))}, true
+		}
+	}
+	return bitmapDir{}, false
 }

@@ -79,15 +79,15 @@ func (s *shared) countReferences(activeL1 []uint64, table []uint64) (*refcountCo
 		}
 	}
 	// Persistent bitmaps: directory, bitmap tables and their data clusters.
-	for _, ext := range s.exts {
-		if ext.Type != ExtBitmaps || len(ext.Data) < 24 {
-			continue
-		}
+	if bd, ok := s.bitmapDirectory(); ok {
 		be := binary.BigEndian
-		dirSize := int64(be.Uint64(ext.Data[8:]))
-		dirOff := int64(be.Uint64(ext.Data[16:]))
-		if dirSize > 64<<20 {
-			return nil, fmt.Errorf("bitmap directory too large")
+		dirSize, dirOff := bd.size, bd.offset
+		fsize, err := s.fileSize()
+		if err != nil {
+			return nil, err
+		}
+		if dirSize > 64<<20 || dirOff < 0 || dirOff > fsize || dirSize > fsize-dirOff {
+			return nil, fmt.Errorf("bitmap directory at %#x (+%d bytes) is invalid", dirOff, dirSize)
 		}
 		rc.addRange(dirOff, dirSize)
 		dir := make([]byte, dirSize)
@@ -99,6 +99,9 @@ func (s *shared) countReferences(activeL1 []uint64, table []uint64) (*refcountCo
 			tSize := int64(be.Uint32(dir[off+8:]))
 			nameSize := int64(be.Uint16(dir[off+18:]))
 			extraSize := int64(be.Uint32(dir[off+20:]))
+			if tOff < 0 || tOff > fsize || tSize*8 > fsize-tOff {
+				return nil, fmt.Errorf("bitmap table at %#x (%d entries) lies past the end of the file", tOff, tSize)
+			}
 			rc.addRange(tOff, tSize*8)
 			tbl := make([]byte, tSize*8)
 			if _, err := s.f.ReadAt(tbl, tOff); err != nil {
