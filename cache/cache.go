@@ -1,7 +1,8 @@
 // Package cache is a bounded LRU cache of fixed-size blocks of a file, with
 // dirty tracking and ordered write-back. It knows nothing of qcow2: callers
-// give it a loader and a writer, and may declare that this cache's dirty
-// blocks must not reach the disk before another cache's (DependOn).
+// give it a loader and a writer, and may register a hook that runs before
+// any dirty block is written back (BeforeWriteBack): that is where the
+// caller makes durable whatever the blocks point at ("flush A before B").
 //
 // The cache is not safe for concurrent use on its own; callers serialise
 // access (the qcow2 image holds its metadata lock around every call).
@@ -40,8 +41,9 @@ type Cache struct {
 	lru       *list.List // front = most recently used
 	nDirty    int
 
-	dep     *Cache       // must be flushed before any of our dirty blocks is written
-	barrier func() error // called after flushing dep (e.g. fdatasync)
+	// before runs ahead of every write-back pass (Flush or a dirty
+	// eviction); if it fails nothing is written.
+	before func() error
 
 	free [][]byte // recycled buffers
 
@@ -70,12 +72,12 @@ func (c *Cache) BlockSize() int { return c.blockSize }
 // Len returns the number of cached blocks.
 func (c *Cache) Len() int { return len(c.blocks) }
 
-// DependOn declares that other's dirty blocks must be written back (followed
-// by barrier, if not nil) before any dirty block of c is written.
-func (c *Cache) DependOn(other *Cache, barrier func() error) {
-	c.dep = other
-	c.barrier = barrier
-}
+// BeforeWriteBack registers hook to run before dirty blocks are written
+// back, whether by Flush or by an eviction. It is the caller's ordering
+// point: it must make durable everything the blocks may point at (another
+// cache's blocks, data written elsewhere) and return an error if it cannot,
+// in which case the blocks stay dirty and the error is returned.
+func (c *Cache) BeforeWriteBack(hook func() error) { c.before = hook }
 
 // Get returns the block at key, loading it on a miss.
 func (c *Cache) Get(key uint64) (*Block, error) {
@@ -156,13 +158,15 @@ func (c *Cache) Drop(key uint64) {
 	c.free = append(c.free, b.Data)
 }
 
-// Flush writes back every dirty block, after flushing the cache it depends on.
+// Flush writes back every dirty block, after the BeforeWriteBack hook.
 func (c *Cache) Flush() error {
 	if c.nDirty == 0 {
 		return nil
 	}
-	if err := c.flushDep(); err != nil {
-		return err
+	if c.before != nil {
+		if err := c.before(); err != nil {
+			return err
+		}
 	}
 	for e := c.lru.Back(); e != nil; e = e.Prev() {
 		b := e.Value.(*Block)
@@ -184,19 +188,6 @@ func (c *Cache) Invalidate() error {
 	}
 	if c.nDirty > 0 {
 		return fmt.Errorf("cache: %d dirty blocks left", c.nDirty)
-	}
-	return nil
-}
-
-func (c *Cache) flushDep() error {
-	if c.dep == nil || c.dep.nDirty == 0 {
-		return nil
-	}
-	if err := c.dep.Flush(); err != nil {
-		return err
-	}
-	if c.barrier != nil {
-		return c.barrier()
 	}
 	return nil
 }
@@ -230,9 +221,9 @@ func (c *Cache) newBuf() ([]byte, error) {
 			b := e.Value.(*Block)
 			if b.dirty {
 				// Write back every dirty block, not just the victim:
-				// the dependency flush (a barrier, usually an fdatasync)
-				// is then paid once per cache-full of dirty blocks
-				// rather than once per eviction.
+				// the hook (usually ending in an fdatasync) is then
+				// paid once per cache-full of dirty blocks rather
+				// than once per eviction.
 				if err := c.Flush(); err != nil {
 					return nil, err
 				}

@@ -73,14 +73,21 @@ func TestDirtyVictimWrittenBack(t *testing.T) {
 	}
 }
 
-func TestDependencyOrder(t *testing.T) {
+func TestWriteBackHookOrder(t *testing.T) {
 	var log []string
 	ref := newStore("ref", &log)
 	l2 := newStore("l2", &log)
 	rc := New(4, 4, ref.load, ref.write)
-	lc := New(4, 4, l2.load, l2.write)
-	barriers := 0
-	lc.DependOn(rc, func() error { barriers++; log = append(log, "barrier"); return nil })
+	lc := New(2, 4, l2.load, l2.write)
+	hooks := 0
+	lc.BeforeWriteBack(func() error {
+		hooks++
+		if err := rc.Flush(); err != nil {
+			return err
+		}
+		log = append(log, "barrier")
+		return nil
+	})
 	b, _ := lc.Put(1)
 	lc.MarkDirty(b)
 	r, _ := rc.Put(5)
@@ -90,14 +97,54 @@ func TestDependencyOrder(t *testing.T) {
 	}
 	want := []string{"ref:5", "barrier", "l2:1"}
 	if fmt.Sprint(log) != fmt.Sprint(want) {
-		t.Fatalf("order %v, want %v", log, want)
+		t.Fatalf("flush order %v, want %v", log, want)
 	}
-	// Nothing dirty in the dependency: no barrier.
+	// Nothing dirty: no hook.
+	if err := lc.Flush(); err != nil || hooks != 1 {
+		t.Fatalf("clean flush ran the hook (%d runs, %v)", hooks, err)
+	}
+	// An eviction of a dirty block runs the hook before writing it.
+	log = nil
 	b.Data[0] = 1
 	lc.MarkDirty(b)
-	lc.Flush()
-	if barriers != 1 {
-		t.Fatalf("barriers = %d", barriers)
+	lc.Get(2)
+	lc.Get(3) // evicts 1 (dirty)
+	want = []string{"barrier", "l2:1"}
+	if fmt.Sprint(log) != fmt.Sprint(want) || hooks != 2 {
+		t.Fatalf("eviction order %v (hook runs %d), want %v", log, hooks, want)
+	}
+}
+
+func TestFailingHookWritesNothing(t *testing.T) {
+	var log []string
+	st := newStore("a", &log)
+	c := New(2, 4, st.load, st.write)
+	fail := true
+	c.BeforeWriteBack(func() error {
+		if fail {
+			return fmt.Errorf("barrier failed")
+		}
+		return nil
+	})
+	b, _ := c.Put(1)
+	b.Data[0] = 7
+	c.MarkDirty(b)
+	if err := c.Flush(); err == nil {
+		t.Fatal("flush succeeded although its hook failed")
+	}
+	c.Get(2)
+	if _, err := c.Get(3); err == nil {
+		t.Fatal("eviction succeeded although the hook failed")
+	}
+	if len(log) != 0 {
+		t.Fatalf("blocks written although the hook failed: %v", log)
+	}
+	if p := c.Peek(1); p == nil || !p.Dirty() {
+		t.Fatal("dirty block lost after a failed hook")
+	}
+	fail = false
+	if err := c.Flush(); err != nil || st.data[1][0] != 7 {
+		t.Fatalf("flush after recovery: %v", err)
 	}
 }
 

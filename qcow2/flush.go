@@ -6,11 +6,20 @@ import (
 	"fmt"
 )
 
-// Flush makes every completed write durable: dirty metadata goes to disk in
-// dependency order — refcount blocks (and refcount table entries), then L2
-// tables, then L1 entries, each stage behind a barrier — and the files are
-// synced. Refcount decrements queued since the last flush are applied last,
-// once no on-disk L2 entry references the clusters any more.
+// Flush makes every completed write durable. The rule behind the order: a
+// pointer never reaches the disk before what it points at. Refcount blocks
+// and the data that new mappings expose go first, behind a barrier (see
+// beforeL2WriteBack, which cache evictions run too); then L2 slices; then L1
+// entries, each stage behind a barrier; refcount decrements queued since
+// the last flush come last, once no on-disk L2 entry references the
+// clusters any more; then the files are synced.
+//
+// Flush never reports success for data that is not durable: after an
+// fdatasync failed it keeps failing (stickyErr), and a failed metadata
+// write leaves the metadata dirty for the next Flush to retry. An image
+// found corrupt still writes back the metadata it cached (writeBlock refuses
+// anything that would land on the fixed metadata), so writes acknowledged
+// before the corruption was seen are kept.
 func (img *Image) Flush() error {
 	w := img.w
 	if w == nil {
@@ -24,63 +33,93 @@ func (img *Image) Flush() error {
 	if s.closed {
 		return ErrClosed
 	}
-	return w.flushLocked()
+	if err := s.stickyErr(); err != nil {
+		return err
+	}
+	if err := w.flushLocked(); err != nil {
+		return err
+	}
+	return s.stickyErr()
 }
 
 func (w *writer) flushLocked() error {
 	s := w.img.s
-	if s.corrupt {
-		// Never write metadata through an image found corrupt; data writes
-		// that completed still get synced.
-		return s.dataF.Datasync()
-	}
 	if err := w.extendFile(); err != nil {
 		return err
 	}
-	toFree := w.pending
-	w.pending = nil
-	metaDirty := s.rc.NumDirty() > 0 || len(w.rc.tableDirty) > 0
-	if metaDirty {
+	// L2 slices; the cache runs beforeL2WriteBack first.
+	if err := s.l2c.Flush(); err != nil {
+		return err
+	}
+	if len(w.l1Dirty) > 0 {
+		// New L2 tables: their refcounts, and every L2 slice written
+		// (now or by an earlier eviction), before L1 points at them.
+		if err := w.beforeL2WriteBack(); err != nil {
+			return err
+		}
+		if s.metaUnsynced.Load() {
+			if err := s.syncMeta(); err != nil {
+				return err
+			}
+		}
+		if err := w.writeL1(); err != nil {
+			return err
+		}
+	}
+	if len(w.pending) > 0 && !s.corrupt {
+		// Never free anything in an image found corrupt (leaks are safe).
+		if s.metaUnsynced.Load() {
+			if err := s.syncMeta(); err != nil {
+				return err
+			}
+		}
+		toFree := w.pending
+		w.pending = nil
+		if err := w.applyFrees(toFree); err != nil {
+			return err
+		}
+	}
+	if err := s.rc.Flush(); err != nil {
+		return err
+	}
+	return w.barrier()
+}
+
+// beforeL2WriteBack runs before any dirty L2 slice is written, by Flush or
+// by an eviction: every refcount block, and every data write a dirty
+// mapping may expose, must be on disk first. Caller holds s.mu.
+func (w *writer) beforeL2WriteBack() error {
+	s := w.img.s
+	need := w.unsyncedData
+	if s.rc.NumDirty() > 0 || len(w.rc.tableDirty) > 0 {
 		if err := s.rc.Flush(); err != nil {
 			return err
 		}
 		if err := w.writeRefcountTableEntries(); err != nil {
 			return err
 		}
-		if err := s.syncMeta(); err != nil {
-			return err
-		}
+		need = true
 	}
+	if !need {
+		return nil
+	}
+	return w.barrier()
+}
+
+// barrier makes every completed write durable: the external data file
+// first, then the image file. Caller holds s.mu.
+func (w *writer) barrier() error {
+	s := w.img.s
 	if s.dataF != s.f {
-		if err := s.dataF.Datasync(); err != nil {
-			return fmt.Errorf("sync %s: %w", s.dataFilePath, err)
-		}
-	}
-	if s.l2c.NumDirty() > 0 {
-		if err := s.l2c.Flush(); err != nil {
-			return err
-		}
-		if err := s.syncMeta(); err != nil {
+		if err := s.syncFile(s.dataF, s.dataFilePath); err != nil {
 			return err
 		}
 	}
-	if len(w.l1Dirty) > 0 {
-		if err := w.writeL1(); err != nil {
-			return err
-		}
-		if err := s.syncMeta(); err != nil {
-			return err
-		}
+	if err := s.syncMeta(); err != nil {
+		return err
 	}
-	if len(toFree) > 0 {
-		if err := w.applyFrees(toFree); err != nil {
-			return err
-		}
-		if err := s.rc.Flush(); err != nil {
-			return err
-		}
-	}
-	return s.syncMeta()
+	w.unsyncedData = false
+	return nil
 }
 
 // extendFile grows the image file to cover every allocated cluster, so that
@@ -120,6 +159,7 @@ func (w *writer) writeL1() error {
 		for j := int64(0); j < n; j++ {
 			binary.BigEndian.PutUint64(buf[j*8:], img.l1[first+j])
 		}
+		s.metaUnsynced.Store(true)
 		if _, err := s.f.WriteAt(buf[:n*8], img.l1Offset+first*8); err != nil {
 			return fmt.Errorf("write L1 table of %s: %w", s.path, err)
 		}

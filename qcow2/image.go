@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"github.com/qcow2fs/qcow2fs/cache"
 )
@@ -64,7 +65,14 @@ type shared struct {
 
 	closed  bool
 	corrupt bool // metadata found inconsistent: writes refused
-	refs    int  // views open on this file
+
+	// metaUnsynced: metadata was written since the last image-file sync.
+	metaUnsynced atomic.Bool
+	// syncErr is the first failed fdatasync: after it nobody knows what
+	// reached the disk, so every later Flush reports it (errseq-style).
+	syncErrMu sync.Mutex
+	syncErr   error
+	refs      int // views open on this file
 }
 
 // Image is an open qcow2 image (or a read-only view of one of its internal
@@ -313,7 +321,8 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 	zEntries := int(max(4, (4<<20)/cs)) // decompressed clusters
 	s.zc = cache.New(zEntries, int(cs), s.loadCompressed, nil)
 	s.rc = cache.New(int(max(4, (2<<20)/cs)), int(cs), s.loadBlock, s.writeBlock)
-	s.l2c.DependOn(s.rc, s.syncMeta)
+	// The writer registers the L2 cache's write-back hook (see
+	// writer.beforeL2WriteBack): refcounts and data before mappings.
 
 	// External data file.
 	if h.IncompatibleFeatures&IncompatDataFile != 0 {
@@ -452,14 +461,51 @@ func (s *shared) loadBlock(key uint64, buf []byte) error {
 	return nil
 }
 
+// writeBlock writes back a cached metadata block (an L2 slice or a refcount
+// block), never over the fixed metadata: an image found corrupt still gets
+// the blocks it cached while it was sound, but nothing that would land on
+// its header or tables.
 func (s *shared) writeBlock(key uint64, buf []byte) error {
+	if what := s.overlapsMetadata(int64(key), int64(len(buf)), int64(s.hdr.L1TableOffset), int64(s.hdr.L1Size)*8); what != "" {
+		return s.corruptf("cached metadata block at %#x overlaps %s; not written", key, what)
+	}
+	s.metaUnsynced.Store(true)
 	if _, err := s.f.WriteAt(buf, int64(key)); err != nil {
 		return fmt.Errorf("write metadata at %#x of %s: %w", key, s.path, err)
 	}
 	return nil
 }
 
-func (s *shared) syncMeta() error { return s.f.Datasync() }
+// syncMeta makes every completed write to the image file durable.
+func (s *shared) syncMeta() error {
+	s.metaUnsynced.Store(false)
+	return s.syncFile(s.f, s.path)
+}
+
+// syncFile fdatasyncs f. A failure is remembered for good: the kernel may
+// have dropped the dirty pages, so a later sync that works proves nothing.
+func (s *shared) syncFile(f hostFile, name string) error {
+	if err := f.Datasync(); err != nil {
+		err = fmt.Errorf("sync %s: %w", name, err)
+		s.syncErrMu.Lock()
+		if s.syncErr == nil {
+			s.syncErr = err
+		}
+		s.syncErrMu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// stickyErr returns the first fdatasync failure, if any.
+func (s *shared) stickyErr() error {
+	s.syncErrMu.Lock()
+	defer s.syncErrMu.Unlock()
+	if s.syncErr != nil {
+		return fmt.Errorf("an earlier write-back failed, data may be lost: %w", s.syncErr)
+	}
+	return nil
+}
 
 func (s *shared) featureList(typ uint8, bits uint64) string {
 	out := ""

@@ -9,7 +9,12 @@ package qcow2
 // overlapsMetadata names the fixed metadata structure [off, off+n) of the
 // image file overlaps, or "" if none.
 func (img *Image) overlapsMetadata(off, n int64) string {
-	s := img.s
+	return img.s.overlapsMetadata(off, n, img.l1Offset, int64(len(img.l1))*8)
+}
+
+// overlapsMetadata is overlapsMetadata for the L1 table at l1Off (l1Len
+// bytes).
+func (s *shared) overlapsMetadata(off, n, l1Off, l1Len int64) string {
 	h := &s.hdr
 	over := func(start, length int64) bool {
 		return length > 0 && off < start+length && start < off+n
@@ -18,7 +23,7 @@ func (img *Image) overlapsMetadata(off, n int64) string {
 	switch {
 	case over(0, cs):
 		return "the header"
-	case over(img.l1Offset, int64(len(img.l1))*8):
+	case over(l1Off, l1Len):
 		return "the active L1 table"
 	case over(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)*cs):
 		return "the refcount table"

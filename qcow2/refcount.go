@@ -282,6 +282,7 @@ func (w *writer) writeRefcountTableEntries() error {
 	r := w.rc
 	s := w.img.s
 	for i := range r.tableDirty {
+		s.metaUnsynced.Store(true)
 		var b [8]byte
 		binary.BigEndian.PutUint64(b[:], r.table[i])
 		if _, err := s.f.WriteAt(b[:], r.tableOffset+i*8); err != nil {

@@ -19,12 +19,20 @@ type writer struct {
 	rc       *refcounts
 	end      int64                   // first host cluster past everything allocated
 	freeHint int64                   // where the search for a free cluster starts
-	inflight map[int64]chan struct{} // guest clusters being allocated
-	l1Dirty  map[int64]bool
-	pending  []pendingFree // refcount decrements waiting for the L2 updates to be durable
-	prepared bool          // header prepared for writing (autoclear cleared, refcounts valid)
-	zeroBuf  []byte
-	fileLen  int64 // host file length we know of
+	inflight map[int64]chan struct{} // guest clusters being allocated (or merged)
+	// inPlaceN counts the in-place writes running on each guest cluster;
+	// a merge (which reads bytes of the cluster and writes them back)
+	// waits for them in drained, so it never writes back a stale copy.
+	inPlaceN map[int64]int
+	drained  map[int64]chan struct{}
+	// unsyncedData: data was written that a dirty L2 entry exposes, and
+	// no barrier has followed yet (see beforeL2WriteBack).
+	unsyncedData bool
+	l1Dirty      map[int64]bool
+	pending      []pendingFree // refcount decrements waiting for the L2 updates to be durable
+	prepared     bool          // header prepared for writing (autoclear cleared, refcounts valid)
+	zeroBuf      []byte
+	fileLen      int64 // host file length we know of
 	// fresh is the first host cluster never handed out since open and past
 	// the file's end then: clusters from here on read as zeros, so a new
 	// data cluster there needs no zero padding written around a write.
@@ -38,7 +46,9 @@ type pendingFree struct {
 
 func newWriter(img *Image) *writer {
 	cs := img.s.g.clusterSize
-	w := &writer{img: img, inflight: map[int64]chan struct{}{}, l1Dirty: map[int64]bool{}}
+	w := &writer{img: img, inflight: map[int64]chan struct{}{}, l1Dirty: map[int64]bool{},
+		inPlaceN: map[int64]int{}, drained: map[int64]chan struct{}{}}
+	img.s.l2c.BeforeWriteBack(w.beforeL2WriteBack)
 	w.zeroBuf = make([]byte, cs)
 	return w
 }
@@ -197,12 +207,20 @@ func (w *writer) writePiece(p []byte, c, skip int64) error {
 		}
 	}
 	if in {
+		w.inPlaceN[c]++
 		s.mu.Unlock()
-		return w.pwriteData(p, e.hostOffset()+skip)
+		err := w.pwriteData(p, e.hostOffset()+skip)
+		s.mu.Lock()
+		w.endInPlace(c)
+		s.mu.Unlock()
+		return err
 	}
-	// Copy-on-write into a cluster of our own.
+	// Copy-on-write into a cluster of our own. Claim the cluster (new
+	// writers wait), then let in-place writes already running finish:
+	// a merge reads bytes they may be writing.
 	ch := make(chan struct{})
 	w.inflight[c] = ch
+	w.waitInPlace(c)
 	reuse := !e.compressed() && w.hasHost(e) && e.copied()
 	var host int64
 	fresh := false
@@ -228,6 +246,8 @@ func (w *writer) writePiece(p []byte, c, skip int64) error {
 		}
 		return werr
 	}
+	// The new mapping may reach the disk only after this data has.
+	w.unsyncedData = true
 	if err := w.setL2(c, ne); err != nil {
 		return err
 	}
@@ -235,6 +255,35 @@ func (w *writer) writePiece(p []byte, c, skip int64) error {
 		w.freeEntry(e)
 	}
 	return nil
+}
+
+// endInPlace ends an in-place write on guest cluster c. Caller holds s.mu.
+func (w *writer) endInPlace(c int64) {
+	w.inPlaceN[c]--
+	if w.inPlaceN[c] > 0 {
+		return
+	}
+	delete(w.inPlaceN, c)
+	if ch := w.drained[c]; ch != nil {
+		delete(w.drained, c)
+		close(ch)
+	}
+}
+
+// waitInPlace blocks (releasing s.mu) until no in-place write runs on
+// guest cluster c. Caller holds s.mu and has claimed c in inflight, so no
+// new in-place write starts meanwhile.
+func (w *writer) waitInPlace(c int64) {
+	for w.inPlaceN[c] > 0 {
+		ch := w.drained[c]
+		if ch == nil {
+			ch = make(chan struct{})
+			w.drained[c] = ch
+		}
+		w.img.s.mu.Unlock()
+		<-ch
+		w.img.s.mu.Lock()
+	}
 }
 
 // inPlace reports whether a write of n bytes at skip can overwrite the
