@@ -27,7 +27,18 @@ fmt:
 # qemu-img, ...). The integration run takes about ten minutes on two cores.
 test: vet
 	$(GO) test -count=1 -timeout 40m $(TESTFLAGS) ./...
+	$(GO) test -race -count=1 -timeout 20m -run '$(RACE_TESTS)' ./qcow2/ ./cache/
 	$(MAKE) fuzz
+
+# The concurrency tests again under the race detector.
+RACE_TESTS := TestConcurrencyModel|TestConcurrentWrites|TestInPlaceWriteNotLostToMerge|TestFlushErrorIsSticky
+
+# The power-cut model with many more crash images per configuration than
+# make test's 1000 (POWERCUT_POINTS=N to choose).
+POWERCUT_POINTS ?= 10000
+.PHONY: crash
+crash:
+	POWERCUT_POINTS=$(POWERCUT_POINTS) $(GO) test -count=1 -timeout 180m -v -run '^TestPowerCut$$' ./qcow2/ | grep -E 'crash images|^(---|ok|FAIL)'
 
 # Each fuzz target for a short while (the seed corpus already ran in go
 # test). FUZZTIME=10m for a real campaign.
