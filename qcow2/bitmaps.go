@@ -126,6 +126,7 @@ func (s *shared) loadBitmaps() (*bitmaps, error) {
 	}
 	bm := &bitmaps{ext: ext, list: list}
 	seen := map[string]bool{}
+	var scratch []byte
 	for i := range list {
 		b := &list[i]
 		// QEMU names its in-memory bitmaps with the C string of the name.
@@ -140,7 +141,7 @@ func (s *shared) loadBitmaps() (*bitmaps, error) {
 		if b.inUse() {
 			continue // the data is known stale: QEMU does not load it
 		}
-		if err := s.forBitmapTable(b, nil); err != nil {
+		if err := s.forBitmapTable(b, &scratch, nil); err != nil {
 			return nil, formatErr(s.path, "Could not read bitmap_table table from image for bitmap '%s': %v", quoteName(b.name), err)
 		}
 		if want := s.bitmapTableSizeFor(b.granularityBits); uint64(b.tableSize) != want {
@@ -287,9 +288,10 @@ const bitmapTableChunk = 4096
 
 // forBitmapTable reads the table of bitmap b, checks every entry (QEMU's
 // bitmap_table_load), and only then calls fn, if not nil, for each entry
-// that points at a data cluster. The table is read in chunks, and only
-// the part inside the file (the rest reads as zeros: no data clusters).
-func (s *shared) forBitmapTable(b *bitmapInfo, fn func(dataOffset uint64)) error {
+// that points at a data cluster. The table is read in chunks into
+// *scratch (kept for the next call), and only the part inside the file
+// (the rest reads as zeros: no data clusters).
+func (s *shared) forBitmapTable(b *bitmapInfo, scratch *[]byte, fn func(dataOffset uint64)) error {
 	bytes := uint64(b.tableSize) * 8
 	if b.tableOffset > qemuMaxLength || bytes > qemuMaxLength-b.tableOffset {
 		return fmt.Errorf("bitmap table at %#x: %w", b.tableOffset, syscall.EIO)
@@ -302,7 +304,10 @@ func (s *shared) forBitmapTable(b *bitmapInfo, fn func(dataOffset uint64)) error
 	if b.tableOffset < uint64(fsize) {
 		inFile = min(uint64(b.tableSize), (uint64(fsize)-b.tableOffset+7)/8)
 	}
-	buf := make([]byte, min(inFile, bitmapTableChunk)*8)
+	if need := int(min(inFile, bitmapTableChunk) * 8); cap(*scratch) < need {
+		*scratch = make([]byte, need)
+	}
+	buf := (*scratch)[:min(inFile, bitmapTableChunk)*8]
 	cs := uint64(s.g.clusterSize)
 	for pass := 0; pass < 2; pass++ {
 		if pass == 1 && fn == nil {

@@ -157,6 +157,7 @@ type checker struct {
 	order    uint32
 	perBlock int64
 	blocks   map[uint64][]byte
+	eof      int64 // file length when the structure was loaded
 
 	fixes []refFix
 }
@@ -185,6 +186,12 @@ func (c *checker) loadRefStructure() error {
 		c.table[i] = binary.BigEndian.Uint64(raw[i*8:])
 	}
 	c.blocks = map[uint64][]byte{}
+	// A repair may have grown the file since the walk began.
+	eof, err := s.fileSize()
+	if err != nil {
+		return err
+	}
+	c.eof = eof
 	return nil
 }
 
@@ -203,19 +210,32 @@ func (c *checker) storedRefcount(cl int64) (uint64, error) {
 	if off&uint64(c.cs-1) != 0 {
 		return 0, fmt.Errorf("refblock offset %#x unaligned (reftable index %#x)", off, bi)
 	}
+	if off >= uint64(c.eof) && off <= qemuMaxLength-uint64(c.cs) {
+		return 0, nil // all zeros: no need to read (or to hold) it
+	}
 	blk := c.blocks[off]
 	if blk == nil {
-		blk = make([]byte, c.cs)
+		// A few blocks stay cached; past that, a buffer is reused (the
+		// table may name a different block for every lookup).
+		if len(c.blocks) >= max(4, checkBlockCacheBytes/int(c.cs)) {
+			for k, b := range c.blocks {
+				delete(c.blocks, k)
+				blk = b
+				break
+			}
+		} else {
+			blk = make([]byte, c.cs)
+		}
 		if err := readMeta(c.s.f, blk, off); err != nil {
 			return 0, err
-		}
-		if len(c.blocks) > 256 {
-			clear(c.blocks)
 		}
 		c.blocks[off] = blk
 	}
 	return getRefcountEntry(blk, cl%c.perBlock, c.order), nil
 }
+
+// checkBlockCacheBytes bounds the refcount blocks a check keeps.
+const checkBlockCacheBytes = 8 << 20
 
 // run is one full pass: count, compare (with fixes), COPIED flags.
 func (c *checker) run(fix checkFix) error {

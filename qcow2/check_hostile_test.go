@@ -345,3 +345,33 @@ func TestBitmapNamesHostile(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckManyRefcountBlocks: L2 entries that each fall under a different
+// refcount block (2 MiB clusters: a block covers 2 TiB), the table naming
+// a distinct block for each, past the end of the file. Check reads them as
+// zeros like QEMU, without a 2 MiB buffer per lookup, and agrees with
+// qemu-img check.
+func TestCheckManyRefcountBlocks(t *testing.T) {
+	needQEMU(t)
+	dir := t.TempDir()
+	path := mtQemuCreate(t, filepath.Join(dir, "img.qcow2"), 64<<20, "cluster_size=2M")
+	mtIO(t, path, "write -P 1 0 64k")
+	m := newHostile(t, path)
+	const n = 512
+	cs := uint64(m.cs())
+	perBlock := cs * 8 / 16 // 16-bit refcounts
+	rt := int64(m.h.RefcountTableOffset)
+	l2 := m.l2EntryOff(0, 0)
+	for j := uint64(1); j <= n; j++ {
+		m.putU64(rt+int64(j)*8, (100+j)*cs)                   // block j, far past the end
+		m.putU64(l2+int64(j)*8, oflagCopied|j*perBlock*cs+cs) // a cluster it covers
+	}
+	code, out, res := ourCheckVerdict(t, path, CheckOptions{})
+	qcode, qout := qemuCheckVerdict(t, path)
+	if code != qcode {
+		t.Fatalf("exit code %d, qemu-img check %d\nours: %.2000s\nqemu: %.2000s", code, qcode, out, qout)
+	}
+	if res != nil {
+		compareWithQEMU(t, path, res)
+	}
+}

@@ -35,6 +35,8 @@ type refWalker struct {
 	progress func(done, total int64)
 	work     int64 // progress: L1 entries walked + 64K-cluster steps compared
 	total    int64
+
+	l1buf, l2buf, scratch []byte // reused by every table read
 }
 
 func newRefWalker(s *shared, progress func(done, total int64)) refWalker {
@@ -170,13 +172,21 @@ func (w *refWalker) checkL1(off, size int64, frag bool) error {
 	if size == 0 {
 		return nil
 	}
-	raw := make([]byte, size*8)
+	// Reused: Open bounds each L1 table by the file, but many snapshots
+	// may name the same large one.
+	if int64(cap(w.l1buf)) < size*8 {
+		w.l1buf = make([]byte, size*8)
+	}
+	raw := w.l1buf[:size*8]
 	if err := readMeta(w.s.f, raw, uint64(off)); err != nil {
 		w.msg("ERROR: I/O error in check_refcounts_l1: %v", err)
 		w.res.CheckErrors++
 		return nil
 	}
-	l2 := make([]byte, w.cs)
+	if w.l2buf == nil {
+		w.l2buf = make([]byte, w.cs)
+	}
+	l2 := w.l2buf
 	for i := int64(0); i < size; i++ {
 		e := binary.BigEndian.Uint64(raw[i*8:])
 		if e&l1EntryReservedMask != 0 {
@@ -299,7 +309,7 @@ func (w *refWalker) countBitmaps() error {
 		// Sizes are bounded by the directory checks; the offset is
 		// cluster aligned but may be anything up to 2^64.
 		w.inc(int64(b.tableOffset), int64(b.tableSize)*8)
-		err := w.s.forBitmapTable(b, func(data uint64) { w.inc(int64(data), w.cs) })
+		err := w.s.forBitmapTable(b, &w.scratch, func(data uint64) { w.inc(int64(data), w.cs) })
 		if err != nil {
 			// Only a bitmap in use gets here: QEMU checked the others'
 			// tables when it opened the image.
