@@ -23,6 +23,10 @@ type CheckOptions struct {
 	ForceShare bool
 	// Progress, if set, is called now and then with work done and total.
 	Progress func(done, total int64)
+
+	// noExternalFiles opens no backing or data file the image names
+	// (fuzzing: an image must never lead to other host files).
+	noExternalFiles bool
 }
 
 // CheckResult is what Check found, with the JSON names of
@@ -86,7 +90,8 @@ func Check(path string, o CheckOptions) (*CheckResult, error) {
 	if fix != 0 && o.ForceShare {
 		return nil, fmt.Errorf("%s: force-share is only for a read-only check, not with repair", path)
 	}
-	img, err := Open(path, OpenOptions{ReadOnly: fix == 0, ForceShare: o.ForceShare, repair: fix != 0})
+	img, err := Open(path, OpenOptions{ReadOnly: fix == 0, ForceShare: o.ForceShare, repair: fix != 0,
+		NoBacking: o.noExternalFiles, NoDataFile: o.noExternalFiles})
 	if err != nil {
 		return nil, err
 	}
