@@ -43,7 +43,7 @@ crash:
 # Each fuzz target for a short while (the seed corpus already ran in go
 # test). FUZZTIME=10m for a real campaign.
 FUZZTIME ?= 10s
-FUZZ_TARGETS := qcow2:FuzzParseHeader qcow2:FuzzOpen qcow2:FuzzOpenWrite qcow2:FuzzSnapshotTable \
+FUZZ_TARGETS := qcow2:FuzzParseHeader qcow2:FuzzOpen qcow2:FuzzOpenWrite qcow2:FuzzCheck qcow2:FuzzSnapshotTable \
 	qcow2:FuzzL2Entry qcow2:FuzzDecompress qcow2:FuzzRefcountBlock fusefs/parttable:FuzzRead
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

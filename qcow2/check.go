@@ -2,8 +2,8 @@ package qcow2
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
-	"io"
 )
 
 // Consistency check and repair, modelled on `qemu-img check`: every
@@ -23,6 +23,10 @@ type CheckOptions struct {
 	ForceShare bool
 	// Progress, if set, is called now and then with work done and total.
 	Progress func(done, total int64)
+
+	// noExternalFiles opens no backing or data file the image names
+	// (fuzzing: an image must never lead to other host files).
+	noExternalFiles bool
 }
 
 // CheckResult is what Check found, with the JSON names of
@@ -86,7 +90,8 @@ func Check(path string, o CheckOptions) (*CheckResult, error) {
 	if fix != 0 && o.ForceShare {
 		return nil, fmt.Errorf("%s: force-share is only for a read-only check, not with repair", path)
 	}
-	img, err := Open(path, OpenOptions{ReadOnly: fix == 0, ForceShare: o.ForceShare, repair: fix != 0})
+	img, err := Open(path, OpenOptions{ReadOnly: fix == 0, ForceShare: o.ForceShare, repair: fix != 0,
+		NoBacking: o.noExternalFiles, NoDataFile: o.noExternalFiles})
 	if err != nil {
 		return nil, err
 	}
@@ -95,10 +100,12 @@ func Check(path string, o CheckOptions) (*CheckResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	progress := o.Progress
-	if progress == nil {
-		progress = func(int64, int64) {}
-	}
 
+	// Bitmap metadata QEMU refuses when it opens the image: the check
+	// cannot run (qemu-img check: "Could not open", exit code 1).
+	if _, err := s.loadBitmaps(); err != nil {
+		return nil, nameFile(s.path, err)
+	}
 	if fix != 0 {
 		// Unknown autoclear bits go before anything is written (the
 		// refcounts of a dirty image are what is being checked: no
@@ -109,7 +116,7 @@ func Check(path string, o CheckOptions) (*CheckResult, error) {
 	}
 	c := newChecker(img, progress)
 	if err := c.run(fix); err != nil {
-		return nil, nameFile(s.path, err)
+		return nil, checkError(s.path, err)
 	}
 	res := c.res
 	if fix == 0 || res.Corruptions+res.Leaks == 0 {
@@ -118,7 +125,7 @@ func Check(path string, o CheckOptions) (*CheckResult, error) {
 	// Double-check the repaired image.
 	c2 := newChecker(img, progress)
 	if err := c2.run(0); err != nil {
-		return nil, nameFile(s.path, err)
+		return nil, checkError(s.path, err)
 	}
 	final := c2.res
 	final.CorruptionsFixed = max(0, res.Corruptions-final.Corruptions)
@@ -128,6 +135,15 @@ func Check(path string, o CheckOptions) (*CheckResult, error) {
 	return final, nameFile(s.path, c2.finishRepair(fix))
 }
 
+// checkError names the file in an error that ended a check pass.
+func checkError(path string, err error) error {
+	var cf *checkFailed
+	if errors.As(err, &cf) {
+		err = fmt.Errorf("Check failed: %w", err)
+	}
+	return nameFile(path, err)
+}
+
 type checkFix int
 
 const (
@@ -135,32 +151,20 @@ const (
 	fixErrors
 )
 
-// checker holds the state of one check pass. Caller holds s.mu.
+// checker holds the state of one check pass: the reference walker's
+// counts, compared with the stored refcount structure. Caller holds s.mu.
 type checker struct {
-	img      *Image
-	s        *shared
-	res      *CheckResult
-	progress func(done, total int64)
-	cs       int64
-	bits     uint
-	fileLen  int64
+	refWalker
+	img *Image
 
-	counts   []uint32 // references per host cluster
-	nb       int64    // clusters compared: the file's, or more if referenced
-	countMax uint64   // saturation: the image's refcount maximum
-
-	// The stored refcount structure, read from the file.
-	table    []uint64
+	// The stored refcount structure, read from the file (the walker's
+	// table holds its entries).
 	order    uint32
 	perBlock int64
-	blocks   map[int64][]byte
+	blocks   map[uint64][]byte
+	eof      int64 // file length when the structure was loaded
 
-	rebuild bool // the refcount structure itself is broken
-	outside bool // a refcount block lies past the end of the file
-	noRef   bool // don't count the refcount structure (for a rebuild)
-	fixes   []refFix
-	work    int64 // progress: L1 entries walked + 64K-cluster steps compared
-	total   int64
+	fixes []refFix
 }
 
 type refFix struct {
@@ -170,23 +174,10 @@ type refFix struct {
 
 func newChecker(img *Image, progress func(done, total int64)) *checker {
 	s := img.s
-	c := &checker{img: img, s: s, progress: progress, cs: s.g.clusterSize, bits: s.g.clusterBits,
-		res: &CheckResult{Filename: s.path, Format: "qcow2"}}
+	c := &checker{refWalker: newRefWalker(s, progress), img: img}
 	c.order = s.hdr.RefcountOrder
 	c.perBlock = c.cs * 8 >> c.order
-	c.countMax = 1<<(1<<c.order) - 1
-	if c.order >= 5 {
-		c.countMax = 1<<32 - 1
-	}
 	return c
-}
-
-func (c *checker) msg(format string, args ...any) {
-	if len(c.res.Messages) < maxCheckMessages {
-		c.res.Messages = append(c.res.Messages, fmt.Sprintf(format, args...))
-	} else if len(c.res.Messages) == maxCheckMessages {
-		c.res.Messages = append(c.res.Messages, "... (further messages omitted)")
-	}
 }
 
 func (c *checker) loadRefStructure() error {
@@ -199,84 +190,66 @@ func (c *checker) loadRefStructure() error {
 	for i := range c.table {
 		c.table[i] = binary.BigEndian.Uint64(raw[i*8:])
 	}
-	c.blocks = map[int64][]byte{}
+	c.blocks = map[uint64][]byte{}
+	// A repair may have grown the file since the walk began.
+	eof, err := s.fileSize()
+	if err != nil {
+		return err
+	}
+	c.eof = eof
 	return nil
 }
 
-// storedRefcount is the refcount the image records for cluster cl.
+// storedRefcount is the refcount the image records for cluster cl. The
+// block is read as QEMU reads it: zeros past the end of the file, an error
+// past the largest offset QEMU reads at.
 func (c *checker) storedRefcount(cl int64) (uint64, error) {
 	bi := cl / c.perBlock
 	if bi >= int64(len(c.table)) {
 		return 0, nil
 	}
-	off := int64(c.table[bi] & refTableOffsetMask)
+	off := c.table[bi] & refTableOffsetMask
 	if off == 0 {
 		return 0, nil
 	}
-	if off&(c.cs-1) != 0 {
+	if off&uint64(c.cs-1) != 0 {
 		return 0, fmt.Errorf("refblock offset %#x unaligned (reftable index %#x)", off, bi)
+	}
+	if off >= uint64(c.eof) && off <= qemuMaxLength-uint64(c.cs) {
+		return 0, nil // all zeros: no need to read (or to hold) it
 	}
 	blk := c.blocks[off]
 	if blk == nil {
-		blk = make([]byte, c.cs)
-		if err := preadFull(c.s.f, blk, off); err != nil {
-			return 0, err
+		// A few blocks stay cached; past that, a buffer is reused (the
+		// table may name a different block for every lookup).
+		if len(c.blocks) >= max(4, checkBlockCacheBytes/int(c.cs)) {
+			for k, b := range c.blocks {
+				delete(c.blocks, k)
+				blk = b
+				break
+			}
+		} else {
+			blk = make([]byte, c.cs)
 		}
-		if len(c.blocks) > 256 {
-			clear(c.blocks)
+		if err := readMeta(c.s.f, blk, off); err != nil {
+			return 0, err
 		}
 		c.blocks[off] = blk
 	}
 	return getRefcountEntry(blk, cl%c.perBlock, c.order), nil
 }
 
-// inc counts one reference to every cluster of [off, off+size), as QEMU's
-// qcow2_inc_refcounts_imrt does.
-func (c *checker) inc(off, size int64) {
-	if size <= 0 {
-		return
-	}
-	if off < 0 || off+size-c.fileLen >= c.cs {
-		c.msg("ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset %#x size %#x", off, size)
-		c.res.Corruptions++
-		return
-	}
-	for cl := off >> c.bits; cl <= (off+size-1)>>c.bits; cl++ {
-		for int64(len(c.counts)) <= cl {
-			c.counts = append(c.counts, make([]uint32, max(len(c.counts), 1024))...)
-		}
-		if cl >= c.nb {
-			c.nb = cl + 1
-		}
-		if uint64(c.counts[cl]) >= c.countMax {
-			c.msg("ERROR: overflow cluster offset=%#x", cl<<c.bits)
-			c.res.Corruptions++
-			continue
-		}
-		c.counts[cl]++
-	}
-}
-
-func (c *checker) count(cl int64) uint64 {
-	if cl < int64(len(c.counts)) {
-		return uint64(c.counts[cl])
-	}
-	return 0
-}
-
-func (c *checker) step(n int64) {
-	c.work += n
-	c.progress(min(c.work, c.total), c.total)
-}
+// checkBlockCacheBytes bounds the refcount blocks a check keeps.
+const checkBlockCacheBytes = 8 << 20
 
 // run is one full pass: count, compare (with fixes), COPIED flags.
 func (c *checker) run(fix checkFix) error {
 	s := c.s
-	var err error
-	if c.fileLen, err = s.fileSize(); err != nil {
+	fileLen, err := s.fileSize()
+	if err != nil {
 		return err
 	}
-	c.nb = (c.fileLen + c.cs - 1) >> c.bits
+	c.setFileLen(fileLen)
 	c.res.TotalClusters = (int64(s.hdr.Size) + c.cs - 1) >> c.bits
 	c.total = int64(s.hdr.L1Size) + c.nb/65536 + 1
 	for _, sn := range s.snaps {
@@ -300,246 +273,6 @@ func (c *checker) run(fix checkFix) error {
 	c.res.ImageEndOffset = (highest + 1) << c.bits
 	c.progress(c.total, c.total)
 	return nil
-}
-
-// countAll counts every reference the metadata holds.
-func (c *checker) countAll() error {
-	s := c.s
-	h := &s.hdr
-	c.inc(0, c.cs)
-	if err := c.checkL1(int64(h.L1TableOffset), int64(h.L1Size), true); err != nil {
-		return err
-	}
-	if s.g.dataFile && len(s.snaps) > 0 {
-		c.msg("ERROR: image has an external data file and internal snapshots")
-		c.res.Corruptions++
-	}
-	for _, sn := range s.snaps {
-		if sn.L1TableOffset&uint64(c.cs-1) != 0 {
-			c.msg("ERROR snapshot %s (%s) l1_offset=%#x: L1 table is not cluster aligned; snapshot table entry corrupted", sn.ID, sn.Name, sn.L1TableOffset)
-			c.res.Corruptions++
-			continue
-		}
-		if int64(sn.L1Size)*8 > maxL1Bytes {
-			c.msg("ERROR snapshot %s (%s) l1_size=%#x: L1 table is too large; snapshot table entry corrupted", sn.ID, sn.Name, sn.L1Size)
-			c.res.Corruptions++
-			continue
-		}
-		if err := c.checkL1(int64(sn.L1TableOffset), int64(sn.L1Size), false); err != nil {
-			return err
-		}
-	}
-	if h.NbSnapshots > 0 {
-		c.inc(int64(h.SnapshotsOffset), int64(len(encodeSnapshotTable(s.snaps))))
-	}
-	if !c.noRef {
-		c.inc(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)*c.cs)
-	}
-	if err := c.countBitmaps(); err != nil {
-		return err
-	}
-	if !c.noRef {
-		c.checkRefBlocks()
-	}
-	return nil
-}
-
-// checkL1 counts an L1 table and the trees below it; frag gathers the
-// allocation statistics (active L1 only).
-func (c *checker) checkL1(off, size int64, frag bool) error {
-	c.inc(off, size*8)
-	if size == 0 {
-		return nil
-	}
-	raw := make([]byte, size*8)
-	if err := preadFull(c.s.f, raw, off); err != nil {
-		c.msg("ERROR: I/O error in check_refcounts_l1: %v", err)
-		c.res.CheckErrors++
-		return nil
-	}
-	l2 := make([]byte, c.cs)
-	for i := int64(0); i < size; i++ {
-		e := binary.BigEndian.Uint64(raw[i*8:])
-		if e&l1EntryReservedMask != 0 {
-			c.msg("ERROR found L1 entry with reserved bits set: %x", e)
-			c.res.Corruptions++
-		}
-		l2off := int64(e & l1EntryOffsetMask)
-		if l2off == 0 {
-			continue
-		}
-		c.inc(l2off, c.cs)
-		if l2off&(c.cs-1) != 0 {
-			c.msg("ERROR l2_offset=%x: Table is not cluster aligned; L1 entry corrupted", l2off)
-			c.res.Corruptions++
-		}
-		if err := preadFull(c.s.f, l2, l2off); err != nil {
-			c.msg("ERROR: I/O error in check_refcounts_l2: %v", err)
-			c.res.CheckErrors++
-			continue
-		}
-		c.checkL2(l2, frag)
-		c.step(1)
-	}
-	return nil
-}
-
-func (c *checker) checkL2(l2 []byte, frag bool) {
-	g := &c.s.g
-	var nextContig int64
-	for j := int64(0); j < g.l2Entries; j++ {
-		word := binary.BigEndian.Uint64(l2[j*g.l2EntrySize:])
-		var bitmap uint64
-		if g.l2EntrySize == 16 {
-			bitmap = binary.BigEndian.Uint64(l2[j*g.l2EntrySize+8:])
-		}
-		offset := int64(word & l2EntryOffsetMask)
-		if word&oflagCompressed == 0 && word&l2EntryReservedMask != 0 {
-			c.msg("ERROR found l2 entry with reserved bits set: %x", word)
-			c.res.Corruptions++
-		}
-		switch {
-		case word&oflagCompressed != 0:
-			if word&oflagCopied != 0 {
-				c.msg("ERROR: coffset=%#x: copied flag must never be set for compressed clusters", word&(oflagCompressed-1))
-				c.res.Corruptions++
-			}
-			if g.dataFile {
-				c.msg("ERROR compressed cluster %d with data file, entry=%#x", j, word)
-				c.res.Corruptions++
-				continue
-			}
-			if bitmap != 0 {
-				c.msg("ERROR compressed cluster %d with non-zero subcluster allocation bitmap, entry=%#x", j, word)
-				c.res.Corruptions++
-				continue
-			}
-			host, length := compressedDescriptor(word, g.clusterBits)
-			c.inc(host, length)
-			if frag {
-				c.res.AllocatedClusters++
-				c.res.CompressedClusters++
-				c.res.FragmentedClusters++
-			}
-		case offset != 0 || g.dataFile && word&oflagCopied != 0 && !(g.subclusters == 1 && word&oflagZero != 0):
-			// Normal, or preallocated zero cluster.
-			if g.subclusters > 1 && (bitmap>>32)&bitmap != 0 {
-				c.msg("ERROR offset=%x: Allocated cluster has corrupted subcluster allocation bitmap", offset)
-				c.res.Corruptions++
-			}
-			if offset&(c.cs-1) != 0 {
-				c.res.Corruptions++
-				data := word&oflagZero == 0
-				if g.subclusters > 1 {
-					data = bitmap&0xffffffff != 0
-				}
-				if data {
-					c.msg("ERROR offset=%x: Data cluster is not properly aligned; L2 entry corrupted.", offset)
-				} else {
-					c.msg("ERROR offset=%x: Preallocated cluster is not properly aligned; L2 entry corrupted.", offset)
-				}
-			}
-			if frag {
-				c.res.AllocatedClusters++
-				if nextContig != 0 && offset != nextContig {
-					c.res.FragmentedClusters++
-				}
-				nextContig = offset + c.cs
-			}
-			if !g.dataFile {
-				c.inc(offset, c.cs)
-			}
-		default:
-			if g.subclusters > 1 && bitmap&0xffffffff != 0 {
-				c.msg("ERROR: Unallocated cluster has non-zero subcluster allocation map")
-				c.res.Corruptions++
-			}
-		}
-	}
-}
-
-// countBitmaps counts the persistent bitmaps' clusters; QEMU ignores the
-// bitmaps (their clusters leak) once the autoclear bit is clear.
-func (c *checker) countBitmaps() error {
-	s := c.s
-	if s.hdr.AutoclearFeatures&AutoclearBitmaps == 0 {
-		return nil
-	}
-	if bd, ok := s.bitmapDirectory(); ok {
-		be := binary.BigEndian
-		dirSize, dirOff := bd.size, bd.offset
-		c.inc(dirOff, dirSize)
-		if dirSize > 64<<20 || dirOff < 0 || dirOff+dirSize > c.fileLen {
-			c.msg("ERROR: bitmap directory at %#x (+%d bytes) is invalid", dirOff, dirSize)
-			c.res.Corruptions++
-			return nil
-		}
-		dir := make([]byte, dirSize)
-		if _, err := s.f.ReadAt(dir, dirOff); err != nil && err != io.EOF {
-			return fmt.Errorf("%s: read bitmap directory: %w", s.path, err)
-		}
-		for off := int64(0); off+24 <= dirSize; {
-			tOff := int64(be.Uint64(dir[off:]))
-			tSize := int64(be.Uint32(dir[off+8:]))
-			nameSize := int64(be.Uint16(dir[off+18:]))
-			extraSize := int64(be.Uint32(dir[off+20:]))
-			c.inc(tOff, tSize*8)
-			if tOff < 0 || tOff+tSize*8 > c.fileLen {
-				c.res.Corruptions++
-				break
-			}
-			tbl := make([]byte, tSize*8)
-			if _, err := s.f.ReadAt(tbl, tOff); err != nil && err != io.EOF {
-				return fmt.Errorf("%s: read bitmap table: %w", s.path, err)
-			}
-			for i := int64(0); i < tSize; i++ {
-				e := be.Uint64(tbl[i*8:])
-				d := int64(e & l2EntryOffsetMask)
-				if e&0xff000000000001fe != 0 || d&(c.cs-1) != 0 || d != 0 && e&1 != 0 {
-					c.res.Corruptions++
-					continue
-				}
-				if d != 0 {
-					c.inc(d, c.cs)
-				}
-			}
-			off = (off + 24 + extraSize + nameSize + 7) &^ 7
-		}
-	}
-	return nil
-}
-
-// checkRefBlocks counts the refcount blocks and validates the table's
-// entries (QEMU's check_refblocks).
-func (c *checker) checkRefBlocks() {
-	for i, e := range c.table {
-		off := int64(e & refTableOffsetMask)
-		switch {
-		case e&^refTableOffsetMask != 0:
-			c.msg("ERROR refcount table entry %d has reserved bits set", i)
-			c.res.Corruptions++
-			c.rebuild = true
-			continue
-		case off&(c.cs-1) != 0:
-			c.msg("ERROR refcount block %d is not cluster aligned; refcount table entry corrupted", i)
-			c.res.Corruptions++
-			c.rebuild = true
-			continue
-		case off>>c.bits >= c.nb:
-			c.msg("ERROR refcount block %d is outside image", i)
-			c.res.Corruptions++
-			c.outside = true // repaired by the rebuild in "all" mode
-			continue
-		case off == 0:
-			continue
-		}
-		c.inc(off, c.cs)
-		if n := c.count(off >> c.bits); n != 1 {
-			c.msg("ERROR refcount block %d refcount=%d", i, n)
-			c.res.Corruptions++
-			c.rebuild = true
-		}
-	}
 }
 
 // compare compares stored refcounts with the counted references and
@@ -753,11 +486,11 @@ func (c *checker) rebuildRefcounts() error {
 	s := c.s
 	w := c.img.w
 	// References of everything but the refcount structure itself.
-	q := newChecker(c.img, func(int64, int64) {})
+	q := newChecker(c.img, nil)
 	q.noRef = true
 	q.fileLen = c.fileLen
 	q.nb = c.nb
-	q.table, q.blocks = c.table, map[int64][]byte{}
+	q.table, q.blocks = c.table, map[uint64][]byte{}
 	if err := q.countAll(); err != nil {
 		return err
 	}

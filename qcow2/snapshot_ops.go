@@ -76,19 +76,9 @@ func (w *writer) prepareKeepBitmaps(rebuildDirty bool) error {
 }
 
 // hasValidBitmaps reports whether the image holds persistent bitmaps QEMU
-// considers consistent (an operation that changes guest content or size
-// behind their back must not run).
-func (s *shared) hasValidBitmaps() bool {
-	if s.hdr.AutoclearFeatures&AutoclearBitmaps == 0 {
-		return false
-	}
-	for _, e := range s.exts {
-		if e.Type == ExtBitmaps && len(e.Data) >= 4 && binary.BigEndian.Uint32(e.Data) > 0 {
-			return true
-		}
-	}
-	return false
-}
+// considers (an operation that changes guest content or size behind their
+// back must not run); bitmap metadata QEMU refuses counts too.
+func (s *shared) hasValidBitmaps() bool { return s.hasBitmapsExtension() }
 
 // close ends the session: a full ordered flush (when err is nil), then the
 // image is closed. It returns err or the first error of its own.

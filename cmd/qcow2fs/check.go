@@ -22,9 +22,26 @@ are too low and COPIED flags, rebuilding the refcount structure if needed.
 The image is then checked again.
 
 Exit codes, as qemu-img check's: 0 no problem found, 1 the check could not
-run (or an internal error), 2 corruptions found (after a repair: left),
-3 only leaked clusters found.
+run (metadata QEMU refuses to open, such as invalid persistent bitmaps, an
+I/O error, or an internal error), 2 corruptions found (after a repair:
+left), 3 only leaked clusters found.
 `
+
+// checkImage is qcow2.Check (a variable for tests).
+var checkImage = qcow2.Check
+
+// runCheck runs the check; a panic (a bug, say on an image nobody
+// foresaw) becomes an error, so the command exits 1, "the check could not
+// run", and never with the Go runtime's 2, which here means "corruptions
+// found".
+func runCheck(path string, o qcow2.CheckOptions) (res *qcow2.CheckResult, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			res, err = nil, fmt.Errorf("%s: check failed: internal error: %v (please report this bug)", path, r)
+		}
+	}()
+	return checkImage(path, o)
+}
 
 func cmdCheck(args []string) error {
 	fs := newFlagSet("check", checkUsage)
@@ -52,7 +69,7 @@ func cmdCheck(args []string) error {
 	}
 	path := fs.Arg(0)
 	p := newProgress(*prog, "checking")
-	res, err := qcow2.Check(path, qcow2.CheckOptions{Repair: *repair, ForceShare: *forceShare, Progress: p.update})
+	res, err := runCheck(path, qcow2.CheckOptions{Repair: *repair, ForceShare: *forceShare, Progress: p.update})
 	if err != nil {
 		p.abort()
 		return maintError(path, err, *repair == "")
