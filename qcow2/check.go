@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+
+	"github.com/qcow2fs/qcow2fs/internal/imgtext"
 )
 
 // Consistency check and repair, modelled on `qemu-img check`: every
@@ -316,12 +318,12 @@ func (c *checker) countAll() error {
 	}
 	for _, sn := range s.snaps {
 		if sn.L1TableOffset&uint64(c.cs-1) != 0 {
-			c.msg("ERROR snapshot %s (%s) l1_offset=%#x: L1 table is not cluster aligned; snapshot table entry corrupted", sn.ID, sn.Name, sn.L1TableOffset)
+			c.msg("ERROR snapshot %s (%s) l1_offset=%#x: L1 table is not cluster aligned; snapshot table entry corrupted", imgtext.Escape(sn.ID), imgtext.Escape(sn.Name), sn.L1TableOffset)
 			c.res.Corruptions++
 			continue
 		}
 		if int64(sn.L1Size)*8 > maxL1Bytes {
-			c.msg("ERROR snapshot %s (%s) l1_size=%#x: L1 table is too large; snapshot table entry corrupted", sn.ID, sn.Name, sn.L1Size)
+			c.msg("ERROR snapshot %s (%s) l1_size=%#x: L1 table is too large; snapshot table entry corrupted", imgtext.Escape(sn.ID), imgtext.Escape(sn.Name), sn.L1Size)
 			c.res.Corruptions++
 			continue
 		}

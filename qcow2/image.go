@@ -428,9 +428,11 @@ func (s *shared) checkTable(what string, off uint64, length int64, fsize int64) 
 	return nil
 }
 
+// readL1 reads an L1 table whose place was checked (entries past the end of
+// the file, inside its last cluster, read as zeros, as in QEMU).
 func (s *shared) readL1(off, entries int64) ([]uint64, error) {
 	raw := make([]byte, entries*8)
-	if _, err := s.f.ReadAt(raw, off); err != nil {
+	if err := preadFull(s.f, raw, off); err != nil {
 		return nil, fmt.Errorf("read L1 table of %s at %#x: %w", s.path, off, err)
 	}
 	l1 := make([]uint64, entries)

@@ -45,6 +45,9 @@ func (s *shared) countReferences(activeL1 []uint64, table []uint64) (*refcountCo
 	if len(s.snaps) > 0 {
 		rc.addRange(int64(s.hdr.SnapshotsOffset), int64(len(encodeSnapshotTable(s.snaps))))
 		for _, sn := range s.snaps {
+			if sn.badL1 {
+				continue // unreadable: nothing to count (as QEMU's check skips it)
+			}
 			rc.addRange(int64(sn.L1TableOffset), int64(sn.L1Size)*8)
 			l1, err := s.readL1(int64(sn.L1TableOffset), int64(sn.L1Size))
 			if err != nil {
