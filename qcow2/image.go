@@ -271,6 +271,10 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 	if err := s.checkTable("L1 table", h.L1TableOffset, int64(h.L1Size)*8, fsize); err != nil {
 		return nil, err
 	}
+	// QEMU counts the disk in 512-byte sectors (total_sectors = size /
+	// 512): a size that is not a multiple of 512 is rounded down, and its
+	// header rewrites store the rounded size. Ours do too.
+	s.hdr.Size = h.Size &^ 511
 	// Refcount table.
 	if int64(h.RefcountTableClusters)*cs > maxRefTableBytes {
 		return nil, formatErr(s.path, "refcount table too large (%d clusters)", h.RefcountTableClusters)
@@ -384,7 +388,7 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{s: s, ro: s.ro, size: int64(h.Size), l1: l1, l1Offset: int64(h.L1TableOffset)}
+	img := &Image{s: s, ro: s.ro, size: int64(s.hdr.Size), l1: l1, l1Offset: int64(h.L1TableOffset)}
 	if !s.ro {
 		img.w = newWriter(img)
 		if err := img.w.init(); err != nil {
