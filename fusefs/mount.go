@@ -14,6 +14,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 
+	"github.com/qcow2fs/qcow2fs/internal/imgtext"
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -169,17 +170,29 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 	}
 	for i, img := range images {
 		for _, sn := range img.Snapshots() {
-			if err := checkSnapshotName(sn.Name); err != nil {
-				opts.Log.Warnf("%s: snapshot %s not shown: %v", img.Path(), sn.ID, err)
+			hide := func(why string) {
+				opts.Warn(fmt.Sprintf("%s: snapshot %s (ID %s) not shown: %s", img.Path(), imgtext.Quote(sn.Name), imgtext.Quote(sn.ID), why))
+			}
+			if sn.Problem != "" {
+				hide(sn.Problem)
+				continue
+			}
+			name, shortened, err := SnapshotFile(stems[i], sn.Name)
+			if err != nil {
+				hide(err.Error())
 				continue
 			}
 			v, err := img.OpenSnapshot(sn.Name)
 			if err != nil {
-				return fail(fmt.Errorf("open snapshot %q: %w", sn.Name, err))
+				hide(err.Error())
+				continue
 			}
 			views = append(views, v)
-			if err := add(v, stems[i]+"@"+sn.Name+".raw"); err != nil {
+			if err := add(v, name); err != nil {
 				return fail(err)
+			}
+			if shortened {
+				opts.Log.Infof("%s: snapshot %s (ID %s) appears as %s (its name is too long for a file name)", img.Path(), imgtext.Quote(sn.Name), imgtext.Quote(sn.ID), imgtext.Quote(name))
 			}
 		}
 	}
