@@ -146,3 +146,29 @@ func TestHostileSnapshotsMount(t *testing.T) {
 		t.Errorf("%s differs from QEMU's snapshot %.20s…", short, long)
 	}
 }
+
+// Many unusable snapshots: a few warnings and a count, not one line each.
+func TestHiddenSnapshotWarningsBounded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", path, "1M")
+	const n = 20
+	for i := 0; i < n; i++ {
+		run(t, "qemu-img", "snapshot", "-c", "s"+strings.Repeat("x", i), path)
+	}
+	for i := 0; i < n; i++ {
+		patchAt(t, path, snapshotEntry(t, path, i)+40+8, binary.BigEndian.AppendUint64(nil, 1000)) // disk size
+	}
+	img, err := qcow2.Open(path, qcow2.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	var warns []string
+	root, views, err := buildTree([]*qcow2.Image{img}, Options{Warn: func(m string) { warns = append(warns, m) }})
+	if err != nil || len(views) != 0 || len(root.files) != 1 {
+		t.Fatalf("buildTree: %v, %d views, %d files", err, len(views), len(root.files))
+	}
+	if len(warns) != 17 || !strings.Contains(warns[16], "4 more snapshots not shown") {
+		t.Errorf("%d warnings, the last: %q", len(warns), warns[len(warns)-1])
+	}
+}

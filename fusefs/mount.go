@@ -169,9 +169,15 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 		return root, nil, nil
 	}
 	for i, img := range images {
+		// A table may hold 65535 bad entries: warn about the first few,
+		// then count.
+		const maxWarnings = 16
+		hidden := 0
 		for _, sn := range img.Snapshots() {
 			hide := func(why string) {
-				opts.Warn(fmt.Sprintf("%s: snapshot %s (ID %s) not shown: %s", img.Path(), imgtext.Quote(sn.Name), imgtext.Quote(sn.ID), why))
+				if hidden++; hidden <= maxWarnings {
+					opts.Warn(fmt.Sprintf("%s: snapshot %s (ID %s) not shown: %s", img.Path(), imgtext.Quote(sn.Name), imgtext.Quote(sn.ID), why))
+				}
 			}
 			if sn.Problem != "" {
 				hide(sn.Problem)
@@ -194,6 +200,9 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 			if shortened {
 				opts.Log.Infof("%s: snapshot %s (ID %s) appears as %s (its name is too long for a file name)", img.Path(), imgtext.Quote(sn.Name), imgtext.Quote(sn.ID), imgtext.Quote(name))
 			}
+		}
+		if hidden > maxWarnings {
+			opts.Warn(fmt.Sprintf("%s: %d more snapshots not shown (qcow2fs info lists them all, with the reasons)", img.Path(), hidden-maxWarnings))
 		}
 	}
 	return root, views, nil
