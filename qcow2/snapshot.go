@@ -13,9 +13,6 @@ const (
 	snapshotHeaderLen  = 40
 	maxSnapshotExtra   = 1024     // QCOW_MAX_SNAPSHOT_EXTRA_DATA
 	maxSnapshotTableSz = 64 << 20 // QCOW_MAX_SNAPSHOTS_SIZE
-	// maxSnapshotEntry is the longest entry: header, extra data, ID and
-	// name (each at most 64 KiB - 1).
-	maxSnapshotEntry = snapshotHeaderLen + maxSnapshotExtra + 2*0xffff
 )
 
 // snapshot is one entry of the snapshot table, with its extra data kept
@@ -31,7 +28,7 @@ type snapshot struct {
 	VMStateSize   uint32
 	Extra         []byte
 
-	// Not on disk; set when the image is opened (see problems). problem
+	// Not on disk; set when the image is opened (snapshotProblem). problem
 	// says why the snapshot cannot be shown or applied, "" if it can;
 	// badL1 means its L1 table cannot even be read, so nothing may walk
 	// it (an entry with a bad disk size only still holds references).
