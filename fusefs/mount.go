@@ -14,6 +14,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 
+	"github.com/qcow2fs/qcow2fs/internal/imgtext"
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -168,19 +169,40 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 		return root, nil, nil
 	}
 	for i, img := range images {
+		// A table may hold 65535 bad entries: warn about the first few,
+		// then count.
+		const maxWarnings = 16
+		hidden := 0
 		for _, sn := range img.Snapshots() {
-			if err := checkSnapshotName(sn.Name); err != nil {
-				opts.Log.Warnf("%s: snapshot %s not shown: %v", img.Path(), sn.ID, err)
+			hide := func(why string) {
+				if hidden++; hidden <= maxWarnings {
+					opts.Warn(fmt.Sprintf("%s: snapshot %s (ID %s) not shown: %s", img.Path(), imgtext.Quote(sn.Name), imgtext.Quote(sn.ID), why))
+				}
+			}
+			if sn.Problem != "" {
+				hide(sn.Problem)
+				continue
+			}
+			name, shortened, err := SnapshotFile(stems[i], sn.Name)
+			if err != nil {
+				hide(err.Error())
 				continue
 			}
 			v, err := img.OpenSnapshot(sn.Name)
 			if err != nil {
-				return fail(fmt.Errorf("open snapshot %q: %w", sn.Name, err))
+				hide(err.Error())
+				continue
 			}
 			views = append(views, v)
-			if err := add(v, stems[i]+"@"+sn.Name+".raw"); err != nil {
+			if err := add(v, name); err != nil {
 				return fail(err)
 			}
+			if shortened {
+				opts.Log.Infof("%s: snapshot %s (ID %s) appears as %s (its name is too long for a file name)", img.Path(), imgtext.Quote(sn.Name), imgtext.Quote(sn.ID), imgtext.Quote(name))
+			}
+		}
+		if hidden > maxWarnings {
+			opts.Warn(fmt.Sprintf("%s: %d more snapshots not shown (qcow2fs info lists them all, with the reasons)", img.Path(), hidden-maxWarnings))
 		}
 	}
 	return root, views, nil

@@ -81,6 +81,11 @@ type SnapshotInfo struct {
 	VMClockNsec uint64
 	VMStateSize uint64
 	ICount      uint64 // -1 (all ones) when unknown
+	// Problem, when set, says why the snapshot cannot be used (its table
+	// entry is damaged, or QEMU could not apply its disk size): it stays
+	// in the table, but OpenSnapshot refuses it and mounts hide it. The
+	// text quotes nothing from the image.
+	Problem string `json:"problem,omitempty"`
 }
 
 // Info is what `qcow2fs info` prints about one layer of a chain.

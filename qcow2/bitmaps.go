@@ -3,6 +3,7 @@ package qcow2
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/qcow2fs/qcow2fs/internal/imgtext"
 	"io"
 	"strings"
 	"syscall"
@@ -135,29 +136,20 @@ func (s *shared) loadBitmaps() (*bitmaps, error) {
 		case seen[name] && b.inUse():
 			continue // QEMU skips an in-use bitmap whose name it already has
 		case seen[name]:
-			return nil, formatErr(s.path, "Bitmap already exists: %s", quoteName(name))
+			return nil, formatErr(s.path, "Bitmap already exists: %s", imgtext.Escape(name))
 		}
 		seen[name] = true
 		if b.inUse() {
 			continue // the data is known stale: QEMU does not load it
 		}
 		if err := s.forBitmapTable(b, &scratch, nil); err != nil {
-			return nil, formatErr(s.path, "Could not read bitmap_table table from image for bitmap '%s': %v", quoteName(b.name), err)
+			return nil, formatErr(s.path, "Could not read bitmap_table table from image for bitmap '%s': %v", imgtext.Escape(b.name), err)
 		}
 		if want := s.bitmapTableSizeFor(b.granularityBits); uint64(b.tableSize) != want {
-			return nil, formatErr(s.path, "Could not read bitmap '%s' from image: bitmap table has %d entries, the disk size needs %d", quoteName(b.name), b.tableSize, want)
+			return nil, formatErr(s.path, "Could not read bitmap '%s' from image: bitmap table has %d entries, the disk size needs %d", imgtext.Escape(b.name), b.tableSize, want)
 		}
 	}
 	return bm, nil
-}
-
-// quoteName bounds and escapes a name from the image for messages.
-func quoteName(name string) string {
-	if len(name) > 64 {
-		name = name[:64] + "..."
-	}
-	q := fmt.Sprintf("%q", name)
-	return q[1 : len(q)-1]
 }
 
 // diskLength is the virtual size as QEMU's bdrv_getlength gives it
@@ -239,7 +231,7 @@ func (s *shared) readBitmapDirectory(ext bitmapsExt) ([]bitmapInfo, error) {
 		nameStart := off + bitmapDirEntrySize
 		b.name = string(dir[nameStart:min(nameStart+nameSize, n)])
 		if why := s.bitmapEntryProblem(&b, typ, nameSize); why != "" {
-			return nil, formatErr(s.path, "Bitmap '%s' doesn't satisfy the constraints (%s)", quoteName(b.name), why)
+			return nil, formatErr(s.path, "Bitmap '%s' doesn't satisfy the constraints (%s)", imgtext.Escape(b.name), why)
 		}
 		list = append(list, b)
 		off = next

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 
 	"github.com/qcow2fs/qcow2fs/cache"
+	"github.com/qcow2fs/qcow2fs/internal/imgtext"
 )
 
 // layer is one readable level of a backing chain: a qcow2 image or a raw file.
@@ -25,6 +26,9 @@ type layer interface {
 	Close() error
 }
 
+// maxChainDepth is the most images a backing chain may hold, the top one
+// included (QEMU sets no limit; a chain this deep is almost certainly a
+// mistake or hostile, and every layer holds files and caches open).
 const maxChainDepth = 64
 
 // shared is the state of one image file, shared by the active view and the
@@ -108,7 +112,7 @@ func openChain(path string, opts OpenOptions, seen map[string]bool) (*Image, err
 		return nil, formatErr(abs, "backing chain loops back to this file")
 	}
 	if len(seen) >= maxChainDepth {
-		return nil, formatErr(abs, "backing chain deeper than %d images", maxChainDepth)
+		return nil, formatErr(abs, "backing chain deeper than %d images (the limit)", maxChainDepth)
 	}
 	seen[real] = true
 	flag := os.O_RDWR
@@ -279,6 +283,10 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 	if err := s.checkTable("L1 table", h.L1TableOffset, int64(h.L1Size)*8, fsize); err != nil {
 		return nil, err
 	}
+	// QEMU counts the disk in 512-byte sectors (total_sectors = size /
+	// 512): a size that is not a multiple of 512 is rounded down, and its
+	// header rewrites store the rounded size. Ours do too.
+	s.hdr.Size = h.Size &^ 511
 	// Refcount table.
 	if int64(h.RefcountTableClusters)*cs > maxRefTableBytes {
 		return nil, formatErr(s.path, "refcount table too large (%d clusters)", h.RefcountTableClusters)
@@ -330,11 +338,11 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 			return nil, formatErr(s.path, "image needs an external data file but names none")
 		}
 		if opts.NoDataFile {
-			return nil, formatErr(s.path, "image uses external data file %q and external files are disabled", s.dataFileName)
+			return nil, formatErr(s.path, "image uses external data file %s and external files are disabled", imgtext.Quote(s.dataFileName))
 		}
 		s.dataFilePath = resolveRelative(s.path, s.dataFileName)
 		if err := checkNamedFile(s.dataFilePath); err != nil {
-			return nil, formatErr(s.path, "external data file: %v", err)
+			return nil, formatErr(s.path, "external data file: %s", imgtext.EscapePath(err.Error()))
 		}
 		flag := os.O_RDWR
 		if s.ro {
@@ -342,7 +350,7 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 		}
 		df, err := openNoAtime(s.dataFilePath, flag)
 		if err != nil {
-			return nil, formatErr(s.path, "open external data file: %v", err)
+			return nil, formatErr(s.path, "open external data file: %s", imgtext.EscapePath(err.Error()))
 		}
 		if !opts.ForceShare {
 			perm := permConsistentRead
@@ -374,16 +382,24 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 		// file named inside the image is opened. Writing would copy zeros
 		// where the backing file's data belongs, so only read-only.
 		if !s.ro {
-			return nil, formatErr(s.path, "image has backing file %q: backing files are disabled, which is only allowed read-only", s.backingName)
+			return nil, formatErr(s.path, "image has backing file %s: backing files are disabled, which is only allowed read-only", imgtext.Quote(s.backingName))
 		}
-		s.warn(fmt.Sprintf("%s: backing file %q not opened (backing disabled): unallocated space reads as zeros", s.path, s.backingName))
+		s.warn(fmt.Sprintf("%s: backing file %s not opened (backing disabled): unallocated space reads as zeros", s.path, imgtext.Quote(s.backingName)))
 	} else if s.backingName != "" {
 		s.backingPath = resolveRelative(s.path, s.backingName)
 		bopts := opts
 		bopts.ReadOnly = true
 		b, err := openLayer(s.backingPath, s.backingFmt, bopts, seen)
 		if err != nil {
-			return nil, fmt.Errorf("%s: backing file: %w", s.path, err)
+			var deeper *backingError
+			if errors.As(err, &deeper) {
+				// Name the top and the file that failed, not all
+				// those between.
+				deeper.top = s.path
+				deeper.depth++
+				return nil, deeper
+			}
+			return nil, &backingError{top: s.path, depth: 1, err: err}
 		}
 		s.backing = b
 	}
@@ -393,7 +409,7 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{s: s, ro: s.ro, size: int64(h.Size), l1: l1, l1Offset: int64(h.L1TableOffset)}
+	img := &Image{s: s, ro: s.ro, size: int64(s.hdr.Size), l1: l1, l1Offset: int64(h.L1TableOffset)}
 	if !s.ro {
 		img.w = newWriter(img)
 		if err := img.w.init(); err != nil {
@@ -437,9 +453,11 @@ func (s *shared) checkTable(what string, off uint64, length int64, fsize int64) 
 	return nil
 }
 
+// readL1 reads an L1 table whose place was checked (entries past the end of
+// the file, inside its last cluster, read as zeros, as in QEMU).
 func (s *shared) readL1(off, entries int64) ([]uint64, error) {
 	raw := make([]byte, entries*8)
-	if _, err := s.f.ReadAt(raw, off); err != nil {
+	if err := preadFull(s.f, raw, off); err != nil {
 		return nil, fmt.Errorf("read L1 table of %s at %#x: %w", s.path, off, err)
 	}
 	l1 := make([]uint64, entries)
@@ -525,7 +543,7 @@ func (s *shared) featureList(typ uint8, bits uint64) string {
 		if name == "" {
 			name = fmt.Sprintf("unknown feature bit %d", b)
 		} else {
-			name = fmt.Sprintf("%s (bit %d)", name, b)
+			name = fmt.Sprintf("%s (bit %d)", imgtext.Escape(name), b)
 		}
 		if out != "" {
 			out += ", "
@@ -578,9 +596,30 @@ func openLayer(path, format string, opts OpenOptions, seen map[string]bool) (lay
 	case "raw":
 		return openRaw(path)
 	default:
-		return nil, fmt.Errorf("%s: backing format %q is not supported (qcow2 and raw are)", path, format)
+		return nil, fmt.Errorf("%s: backing format %s is not supported (qcow2 and raw are)", path, imgtext.Quote(format))
 	}
 }
+
+// backingError is a failure to open a file of the backing chain. However
+// deep, the message names the top image and the file that failed, not
+// every file in between (a chain may hold 64 images, each named by up to a
+// KiB in the image above it), and the failure text, which quotes names
+// written in images, is escaped and bounded.
+type backingError struct {
+	top   string
+	depth int // 1: the top image's backing file, 2: that file's, ...
+	err   error
+}
+
+func (e *backingError) Error() string {
+	where := "backing file"
+	if e.depth > 1 {
+		where = fmt.Sprintf("backing chain, image %d", e.depth+1)
+	}
+	return fmt.Sprintf("%s: %s: %s", e.top, where, imgtext.EscapePath(e.err.Error()))
+}
+
+func (e *backingError) Unwrap() error { return e.err }
 
 // Path returns the image's absolute path.
 func (img *Image) Path() string { return img.s.path }

@@ -85,9 +85,11 @@ func (img *Image) mapRuns(off, n int64, out []run) ([]run, error) {
 	}
 	// Go one L2 table's reach at a time, so that the holes of huge sparse
 	// images (no L2 table at all) cost one step, not one per cluster.
+	// (Distances, not end offsets: off+n may be up to MaxInt64, and the
+	// next table boundary past it would overflow.)
 	l2Reach := g.l2Entries << g.clusterBits
-	for end := off + n; off < end && err == nil; {
-		chunk := min(end, (off/l2Reach+1)*l2Reach) - off
+	for left := n; left > 0 && err == nil; {
+		chunk := min(left, l2Reach-off%l2Reach)
 		var l2off int64
 		if l2off, err = img.l2TableOffset(g.l1Index(g.clusterIndex(off))); err != nil {
 			break
@@ -98,6 +100,7 @@ func (img *Image) mapRuns(off, n int64, out []run) ([]run, error) {
 			err = img.mapTable(off, chunk, add)
 		}
 		off += chunk
+		left -= chunk
 	}
 	return out, err
 }
@@ -167,7 +170,7 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	}
 	n := int64(len(p))
 	var eof error
-	if off+n > img.size {
+	if n > img.size-off {
 		n = img.size - off
 		eof = io.EOF
 	}
@@ -183,7 +186,7 @@ func (img *Image) readAt(p []byte, off int64) error {
 		clear(p)
 		return nil
 	}
-	if end := off + int64(len(p)); end > img.size {
+	if int64(len(p)) > img.size-off {
 		clear(p[img.size-off:])
 		p = p[:img.size-off]
 	}

@@ -19,6 +19,7 @@ func (w *writer) walkReferences() (*refWalker, error) {
 	rw := newRefWalker(s, nil)
 	rw.setFileLen(max(fsize, w.end<<s.g.clusterBits))
 	rw.table = w.rc.table
+	rw.skipBadSnapshots = true
 	if err := rw.countAll(); err != nil {
 		var fe *FormatError
 		if errors.As(err, &fe) && fe.File == s.path {

@@ -3,6 +3,7 @@ package qcow2
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/qcow2fs/qcow2fs/internal/imgtext"
 )
 
 // The reference walker: one walk over all metadata that counts, per host
@@ -31,6 +32,9 @@ type refWalker struct {
 	noRef   bool     // don't count the refcount structure (for a rebuild of it)
 	rebuild bool     // the refcount structure itself is broken
 	outside bool     // a refcount block lies past the end of the file
+	// skipBadSnapshots: snapshots whose L1 table cannot be read hold no
+	// references (the dirty-image rebuild; check reports them instead).
+	skipBadSnapshots bool
 
 	progress func(done, total int64)
 	work     int64 // progress: L1 entries walked + 64K-cluster steps compared
@@ -136,13 +140,16 @@ func (w *refWalker) countAll() error {
 		w.res.Corruptions++
 	}
 	for _, sn := range s.snaps {
+		if sn.badL1 && w.skipBadSnapshots {
+			continue
+		}
 		if sn.L1TableOffset&uint64(w.cs-1) != 0 {
-			w.msg("ERROR snapshot %s (%s) l1_offset=%#x: L1 table is not cluster aligned; snapshot table entry corrupted", quoteName(sn.ID), quoteName(sn.Name), sn.L1TableOffset)
+			w.msg("ERROR snapshot %s (%s) l1_offset=%#x: L1 table is not cluster aligned; snapshot table entry corrupted", imgtext.Escape(sn.ID), imgtext.Escape(sn.Name), sn.L1TableOffset)
 			w.res.Corruptions++
 			continue
 		}
 		if int64(sn.L1Size)*8 > maxL1Bytes {
-			w.msg("ERROR snapshot %s (%s) l1_size=%#x: L1 table is too large; snapshot table entry corrupted", quoteName(sn.ID), quoteName(sn.Name), sn.L1Size)
+			w.msg("ERROR snapshot %s (%s) l1_size=%#x: L1 table is too large; snapshot table entry corrupted", imgtext.Escape(sn.ID), imgtext.Escape(sn.Name), sn.L1Size)
 			w.res.Corruptions++
 			continue
 		}
@@ -314,7 +321,7 @@ func (w *refWalker) countBitmaps() error {
 			// Only a bitmap in use gets here: QEMU checked the others'
 			// tables when it opened the image.
 			w.res.Corruptions++
-			return &checkFailed{fmt.Sprintf("bitmap '%s': %v", quoteName(b.name), err)}
+			return &checkFailed{fmt.Sprintf("bitmap '%s': %v", imgtext.Escape(b.name), err)}
 		}
 	}
 	return nil

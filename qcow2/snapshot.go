@@ -4,13 +4,15 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"strconv"
+	"math"
+
+	"github.com/qcow2fs/qcow2fs/internal/imgtext"
 )
 
 const (
 	snapshotHeaderLen  = 40
-	maxSnapshotExtra   = 1024
-	maxSnapshotTableSz = 64 << 20
+	maxSnapshotExtra   = 1024     // QCOW_MAX_SNAPSHOT_EXTRA_DATA
+	maxSnapshotTableSz = 64 << 20 // QCOW_MAX_SNAPSHOTS_SIZE
 )
 
 // snapshot is one entry of the snapshot table, with its extra data kept
@@ -25,6 +27,13 @@ type snapshot struct {
 	VMClockNsec   uint64
 	VMStateSize   uint32
 	Extra         []byte
+
+	// Not on disk; set when the image is opened (snapshotProblem). problem
+	// says why the snapshot cannot be shown or applied, "" if it can;
+	// badL1 means its L1 table cannot even be read, so nothing may walk
+	// it (an entry with a bad disk size only still holds references).
+	problem string
+	badL1   bool
 }
 
 // diskSize is the snapshot's virtual disk size (extra data, or the image's).
@@ -36,9 +45,13 @@ func (sn *snapshot) diskSize(imageSize uint64) uint64 {
 }
 
 func (sn *snapshot) info(imageSize uint64) SnapshotInfo {
-	si := SnapshotInfo{ID: sn.ID, Name: sn.Name, DiskSize: int64(sn.diskSize(imageSize)),
-		DateSec: sn.DateSec, DateNsec: sn.DateNsec, VMClockNsec: sn.VMClockNsec,
-		VMStateSize: uint64(sn.VMStateSize), ICount: ^uint64(0)}
+	size := sn.diskSize(imageSize)
+	si := SnapshotInfo{ID: sn.ID, Name: sn.Name, DateSec: sn.DateSec, DateNsec: sn.DateNsec,
+		VMClockNsec: sn.VMClockNsec, VMStateSize: uint64(sn.VMStateSize), ICount: ^uint64(0),
+		Problem: sn.problem}
+	if size <= math.MaxInt64 {
+		si.DiskSize = int64(size) // (a size past that is only in Problem)
+	}
 	if len(sn.Extra) >= 8 {
 		si.VMStateSize = binary.BigEndian.Uint64(sn.Extra[0:])
 	}
@@ -48,22 +61,48 @@ func (sn *snapshot) info(imageSize uint64) SnapshotInfo {
 	return si
 }
 
-// parseSnapshotTable decodes n entries from r starting at off.
+// parseSnapshotTable decodes n entries from r starting at off. A first pass
+// reads only the fixed headers, so that a table over QEMU's 64 MiB limit
+// (counted to the end of its last entry, as QEMU counts it) or running past
+// the end of the file is refused before anything is allocated for it.
 func parseSnapshotTable(r io.ReaderAt, off int64, n uint32, fileSize int64) ([]snapshot, error) {
-	var out []snapshot
-	start := off
+	be := binary.BigEndian
+	var hdr [snapshotHeaderLen]byte
+	readHeader := func(i uint32, at int64) (body int64, err error) {
+		if at > fileSize-snapshotHeaderLen {
+			return 0, fmt.Errorf("snapshot %d header at %#x runs past the end of the file", i, at)
+		}
+		if _, err := r.ReadAt(hdr[:], at); err != nil {
+			return 0, fmt.Errorf("read snapshot %d: %w", i, err)
+		}
+		extraLen := int64(be.Uint32(hdr[36:]))
+		if extraLen > maxSnapshotExtra {
+			return 0, fmt.Errorf("snapshot %d: extra data too large (%d bytes, QEMU's limit is %d)", i, extraLen, maxSnapshotExtra)
+		}
+		return extraLen + int64(be.Uint16(hdr[12:])) + int64(be.Uint16(hdr[14:])), nil
+	}
+	at := off
 	for i := uint32(0); i < n; i++ {
-		if off-start > maxSnapshotTableSz {
-			return nil, fmt.Errorf("snapshot table larger than %d bytes", maxSnapshotTableSz)
+		body, err := readHeader(i, at)
+		if err != nil {
+			return nil, err
 		}
-		var hdr [snapshotHeaderLen]byte
-		if off+snapshotHeaderLen > fileSize {
-			return nil, fmt.Errorf("snapshot %d header at %#x runs past the end of the file", i, off)
+		if end := at - off + snapshotHeaderLen + body; end > maxSnapshotTableSz {
+			return nil, fmt.Errorf("snapshot table larger than %d bytes (QEMU's limit): snapshot %d of %d ends %d bytes into it", maxSnapshotTableSz, i, n, end)
 		}
-		if _, err := r.ReadAt(hdr[:], off); err != nil {
-			return nil, fmt.Errorf("read snapshot %d: %w", i, err)
+		if at+snapshotHeaderLen+body > fileSize {
+			return nil, fmt.Errorf("snapshot %d runs past the end of the file", i)
 		}
-		be := binary.BigEndian
+		at += (snapshotHeaderLen + body + 7) &^ 7
+	}
+
+	out := make([]snapshot, 0, n)
+	var buf []byte // one entry at a time; only what is kept is copied out
+	for i := uint32(0); i < n; i++ {
+		body, err := readHeader(i, off)
+		if err != nil {
+			return nil, err
+		}
 		sn := snapshot{
 			L1TableOffset: be.Uint64(hdr[0:]),
 			L1Size:        be.Uint32(hdr[8:]),
@@ -73,23 +112,18 @@ func parseSnapshotTable(r io.ReaderAt, off int64, n uint32, fileSize int64) ([]s
 			VMStateSize:   be.Uint32(hdr[32:]),
 		}
 		idLen := int64(be.Uint16(hdr[12:]))
-		nameLen := int64(be.Uint16(hdr[14:]))
 		extraLen := int64(be.Uint32(hdr[36:]))
-		if extraLen > maxSnapshotExtra {
-			return nil, fmt.Errorf("snapshot %d: extra data too large (%d bytes)", i, extraLen)
+		if int64(cap(buf)) < body {
+			buf = make([]byte, max(body, 4096))
 		}
-		body := extraLen + idLen + nameLen
-		if off+snapshotHeaderLen+body > fileSize {
-			return nil, fmt.Errorf("snapshot %d runs past the end of the file", i)
-		}
-		buf := make([]byte, body)
+		b := buf[:body]
 		// (Some ReaderAts report EOF even for an empty read at the end.)
-		if n, err := r.ReadAt(buf, off+snapshotHeaderLen); err != nil && !(err == io.EOF && n == len(buf)) {
+		if n, err := r.ReadAt(b, off+snapshotHeaderLen); err != nil && !(err == io.EOF && n == len(b)) {
 			return nil, fmt.Errorf("read snapshot %d: %w", i, err)
 		}
-		sn.Extra = buf[:extraLen]
-		sn.ID = string(buf[extraLen : extraLen+idLen])
-		sn.Name = string(buf[extraLen+idLen:])
+		sn.Extra = append([]byte{}, b[:extraLen]...)
+		sn.ID = string(b[extraLen : extraLen+idLen])
+		sn.Name = string(b[extraLen+idLen:])
 		out = append(out, sn)
 		off += (snapshotHeaderLen + body + 7) &^ 7
 	}
@@ -122,6 +156,11 @@ func encodeSnapshotTable(snaps []snapshot) []byte {
 	return out
 }
 
+// loadSnapshots reads the snapshot table. A damaged table (past the end of
+// the file, over QEMU's size limits) refuses the image, as QEMU does; one
+// bad entry does not: QEMU opens such an image and serves the active disk,
+// and so do we, with the entry kept (a rewrite of the table preserves it)
+// but marked unusable.
 func (s *shared) loadSnapshots(fsize int64) error {
 	if s.hdr.NbSnapshots == 0 {
 		return nil
@@ -130,17 +169,44 @@ func (s *shared) loadSnapshots(fsize int64) error {
 	if err != nil {
 		return formatErr(s.path, "%v", err)
 	}
-	for i, sn := range snaps {
-		if int64(sn.L1Size)*8 > maxL1Bytes {
-			return formatErr(s.path, "snapshot %q: L1 table too large (%d entries)", sn.Name, sn.L1Size)
-		}
-		if err := s.checkTable(fmt.Sprintf("snapshot %q L1 table", sn.Name), sn.L1TableOffset, int64(sn.L1Size)*8, fsize); err != nil && sn.L1Size > 0 {
-			return err
-		}
-		_ = i
+	for i := range snaps {
+		snaps[i].problem, snaps[i].badL1 = s.snapshotProblem(&snaps[i], fsize)
 	}
 	s.snaps = snaps
 	return nil
+}
+
+// snapshotProblem says why a snapshot cannot be used, "" if it can; badL1
+// when its L1 table cannot be read. The L1 checks are those of QEMU's
+// check (an entry failing them is a corruption there too); the disk size
+// must be one QEMU could apply with `qemu-img snapshot -a`.
+func (s *shared) snapshotProblem(sn *snapshot, fsize int64) (problem string, badL1 bool) {
+	cs := uint64(s.g.clusterSize)
+	off, length := sn.L1TableOffset, uint64(sn.L1Size)*8
+	switch {
+	case length > maxL1Bytes:
+		return fmt.Sprintf("L1 table too large (%d entries, QEMU's limit is %d)", sn.L1Size, maxL1Bytes/8), true
+	case off%cs != 0:
+		return fmt.Sprintf("L1 table offset %#x is not cluster-aligned", off), true
+	case length > 0 && (off > uint64(fsize) || off+length >= uint64(fsize)+cs):
+		// (Up to a cluster past the end reads as zeros, as in QEMU.)
+		return fmt.Sprintf("L1 table at %#x (+%d bytes) lies past the end of the file (%d bytes)", off, length, fsize), true
+	}
+	size := sn.diskSize(s.hdr.Size)
+	if limit := maxApplicableSize(s.g); size > limit {
+		return fmt.Sprintf("disk size %d is larger than QEMU can apply (%d bytes with %d-byte clusters)", size, limit, cs), false
+	}
+	if size%512 != 0 {
+		return fmt.Sprintf("disk size %d is not a multiple of 512", size), false
+	}
+	return "", false
+}
+
+// maxApplicableSize is the largest virtual size QEMU can resize an image to
+// (and so apply a snapshot of): the one its largest L1 table maps. It is
+// at most 2^61, well inside int64.
+func maxApplicableSize(g geometry) uint64 {
+	return uint64(maxL1Bytes/8) * uint64(g.l2Entries) << g.clusterBits
 }
 
 // Snapshots lists the image's internal snapshots.
@@ -177,10 +243,13 @@ func (img *Image) OpenSnapshot(nameOrID string) (*Image, error) {
 		}
 	}
 	if sn == nil {
-		return nil, fmt.Errorf("%s: no snapshot named %s", s.path, strconv.Quote(nameOrID))
+		return nil, fmt.Errorf("%s: no snapshot named %s", s.path, imgtext.Quote(nameOrID))
 	}
 	if s.closed {
 		return nil, ErrClosed
+	}
+	if sn.problem != "" {
+		return nil, formatErr(s.path, "snapshot %s (ID %s) cannot be used: %s", imgtext.Quote(sn.Name), imgtext.Quote(sn.ID), sn.problem)
 	}
 	l1, err := s.readL1(int64(sn.L1TableOffset), int64(sn.L1Size))
 	if err != nil {

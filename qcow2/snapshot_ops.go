@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/imgtext"
 )
 
 // Internal snapshot maintenance (qemu-img snapshot -c/-d/-a), and the
@@ -137,7 +139,7 @@ func (m *maint) snapshotCreate(name string) error {
 	maxID := uint64(0)
 	for _, sn := range s.snaps {
 		if sn.Name == name {
-			return fmt.Errorf("%s: a snapshot named %s already exists (ID %s)", s.path, strconv.Quote(name), sn.ID)
+			return fmt.Errorf("%s: a snapshot named %s already exists (ID %s)", s.path, imgtext.Quote(name), imgtext.Quote(sn.ID))
 		}
 		if id, err := strconv.ParseUint(sn.ID, 10, 64); err == nil && id > maxID {
 			maxID = id
@@ -209,7 +211,7 @@ func (s *shared) findSnapshot(nameOrID string) (int, error) {
 			return i, nil
 		}
 	}
-	return -1, fmt.Errorf("%s: no snapshot named %s", s.path, strconv.Quote(nameOrID))
+	return -1, fmt.Errorf("%s: no snapshot named %s", s.path, imgtext.Quote(nameOrID))
 }
 
 // SnapshotDelete deletes an internal snapshot (by name, or failing that by
@@ -258,17 +260,14 @@ func (m *maint) snapshotDelete(nameOrID string, progress func(done, total int64)
 	return nil
 }
 
-// snapshotL1 reads a snapshot's L1 table after checking where it lies.
+// snapshotL1 reads a snapshot's L1 table (where it lies was checked when
+// the image was opened).
 func (s *shared) snapshotL1(sn *snapshot) ([]uint64, error) {
+	if sn.badL1 {
+		return nil, formatErr(s.path, "snapshot %s (ID %s): %s", imgtext.Quote(sn.Name), imgtext.Quote(sn.ID), sn.problem)
+	}
 	if sn.L1Size == 0 {
 		return nil, nil
-	}
-	fsize, err := s.fileSize()
-	if err != nil {
-		return nil, err
-	}
-	if err := s.checkTable(fmt.Sprintf("snapshot %q L1 table", sn.Name), sn.L1TableOffset, int64(sn.L1Size)*8, fsize); err != nil {
-		return nil, err
 	}
 	return s.readL1(int64(sn.L1TableOffset), int64(sn.L1Size))
 }
@@ -296,10 +295,10 @@ func (m *maint) snapshotApply(nameOrID string, progress func(done, total int64))
 	if err != nil {
 		return err
 	}
-	size := int64(sn.diskSize(s.hdr.Size))
-	if size < 0 || size > 1<<62 {
-		return formatErr(s.path, "snapshot %q has an invalid disk size %d", sn.Name, size)
+	if sn.problem != "" {
+		return formatErr(s.path, "snapshot %s (ID %s) cannot be applied: %s", imgtext.Quote(sn.Name), imgtext.Quote(sn.ID), sn.problem)
 	}
+	size := int64(sn.diskSize(s.hdr.Size)) // (checked: at most 2^61)
 	if err := w.checkTreeOverflow(snL1); err != nil {
 		return err
 	}

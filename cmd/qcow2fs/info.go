@@ -15,6 +15,7 @@ import (
 
 	"github.com/qcow2fs/qcow2fs/fusefs"
 	"github.com/qcow2fs/qcow2fs/fusefs/parttable"
+	"github.com/qcow2fs/qcow2fs/internal/imgtext"
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -128,26 +129,27 @@ func writeInfo(w io.Writer, img *qcow2.Image, stem string) {
 	for depth, in := 0, d.Info; in != nil; depth, in = depth+1, in.Backing {
 		if depth > 0 {
 			fmt.Fprintf(w, "\nbacking layer %d:\n", depth)
+			stem = "" // only the top image's snapshots appear in a mount
 		}
-		printLayer(w, in)
+		printLayer(w, in, stem)
 	}
 	fmt.Fprintln(w)
 	switch {
 	case d.PartitionTable != nil:
 		printPartitions(w, d.PartitionTable, stem)
 	case d.PartitionError != "":
-		fmt.Fprintf(w, "partition table: unusable: %s\n", d.PartitionError)
+		fmt.Fprintf(w, "partition table: unusable: %s\n", imgtext.EscapePath(d.PartitionError))
 	default:
 		fmt.Fprintln(w, "partition table: none")
 	}
 	fmt.Fprintln(w, "\nfiles opened:")
 	for _, f := range d.FilesOpened {
-		fmt.Fprintf(w, "    %s\n", f)
+		fmt.Fprintf(w, "    %s\n", imgtext.EscapePath(f))
 	}
 	if len(d.NotOpened) > 0 {
 		fmt.Fprintln(w, "files named in the image but not opened (--no-backing):")
 		for _, f := range d.NotOpened {
-			fmt.Fprintf(w, "    %s (backing file)\n", f)
+			fmt.Fprintf(w, "    %s (backing file)\n", imgtext.EscapePath(f))
 		}
 	}
 }
@@ -187,10 +189,13 @@ func printPartitions(w io.Writer, t *parttable.Table, stem string) {
 	}
 }
 
-func printLayer(w io.Writer, in *qcow2.Info) {
+// printLayer prints one layer of the chain. Every string read from the
+// image goes through imgtext. stem is what the layer's files are named
+// after in a mount ("" for backing layers, whose snapshots do not appear).
+func printLayer(w io.Writer, in *qcow2.Info, stem string) {
 	kv := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
 	row := func(k, format string, args ...any) { fmt.Fprintf(kv, "%s:\t%s\n", k, fmt.Sprintf(format, args...)) }
-	row("image", "%s", in.Filename)
+	row("image", "%s", imgtext.EscapePath(in.Filename))
 	row("file format", "%s", in.Format)
 	row("virtual size", "%s (%d bytes)", humanSize(in.VirtualSize), in.VirtualSize)
 	row("disk size", "%s", humanSize(in.ActualSize))
@@ -207,7 +212,7 @@ func printLayer(w io.Writer, in *qcow2.Info) {
 		row("extended l2", "%v", in.ExtendedL2)
 		features := "none"
 		if len(in.Features) > 0 {
-			features = strings.Join(in.Features, ", ")
+			features = strings.Join(escapeAll(in.Features), ", ")
 		}
 		row("features", "%s", features)
 		row("dirty", "%v", in.Dirty)
@@ -217,32 +222,78 @@ func printLayer(w io.Writer, in *qcow2.Info) {
 			if in.DataFileRaw {
 				raw = " (data-file-raw)"
 			}
-			row("data file", "%s%s", in.DataFile, raw)
+			row("data file", "%s%s", imgtext.EscapePath(in.DataFile), raw)
 		}
 		if in.BackingFile != "" && in.BackingFullPath == "" {
-			row("backing file", "%s (not opened: --no-backing)", in.BackingFile)
+			row("backing file", "%s (not opened: --no-backing)", imgtext.EscapePath(in.BackingFile))
 		} else if in.BackingFile != "" {
-			row("backing file", "%s (actual path: %s)", in.BackingFile, in.BackingFullPath)
+			row("backing file", "%s (actual path: %s)", imgtext.EscapePath(in.BackingFile), imgtext.EscapePath(in.BackingFullPath))
 			if in.BackingFormat != "" {
-				row("backing file format", "%s", in.BackingFormat)
+				row("backing file format", "%s", imgtext.Escape(in.BackingFormat))
 			}
 		}
 		if len(in.Bitmaps) > 0 {
-			row("bitmaps", "%s", strings.Join(in.Bitmaps, ", "))
+			row("bitmaps", "%s", strings.Join(escapeAll(in.Bitmaps), ", "))
 		}
 	}
 	kv.Flush()
-	if len(in.Snapshots) > 0 {
-		fmt.Fprintln(w, "snapshots:")
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "    ID\tNAME\tDISK SIZE\tVM STATE\tDATE\tVM CLOCK")
-		for _, s := range in.Snapshots {
-			date := time.Unix(int64(s.DateSec), int64(s.DateNsec)).Format("2006-01-02 15:04:05")
-			fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Name, humanSize(s.DiskSize),
-				humanSize(int64(s.VMStateSize)), date, vmClock(s.VMClockNsec))
-		}
-		tw.Flush()
+	printSnapshots(w, in.Snapshots, stem)
+}
+
+// printSnapshots prints the snapshot table and, for the top image, the
+// file each snapshot appears as in a mount (names too long for a file name
+// are shortened there: this is where to look the file up). Snapshots a
+// mount does not show are listed with the reason.
+func printSnapshots(w io.Writer, snaps []qcow2.SnapshotInfo, stem string) {
+	if len(snaps) == 0 {
+		return
 	}
+	fmt.Fprintln(w, "snapshots:")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	head := "    ID\tNAME\tDISK SIZE\tVM STATE\tDATE\tVM CLOCK"
+	if stem != "" {
+		head += "\tFILE"
+	}
+	fmt.Fprintln(tw, head)
+	var notes []string
+	for _, s := range snaps {
+		date := time.Unix(int64(s.DateSec), int64(s.DateNsec)).Format("2006-01-02 15:04:05")
+		line := fmt.Sprintf("    %s\t%s\t%s\t%s\t%s\t%s", imgtext.Escape(s.ID), imgtext.Escape(s.Name), humanSize(s.DiskSize),
+			humanSize(int64(s.VMStateSize)), date, vmClock(s.VMClockNsec))
+		id := imgtext.Escape(s.ID)
+		if s.Problem != "" {
+			notes = append(notes, fmt.Sprintf("snapshot ID %s cannot be used: %s", id, s.Problem))
+		}
+		if stem != "" {
+			file := "-"
+			if s.Problem == "" {
+				f, shortened, err := fusefs.SnapshotFile(stem, s.Name)
+				switch {
+				case err != nil:
+					notes = append(notes, fmt.Sprintf("snapshot ID %s is not shown in a mount: %s", id, err))
+				case shortened:
+					file = imgtext.Escape(f)
+					notes = append(notes, fmt.Sprintf("snapshot ID %s: its name is too long for a file name, so its file name is shortened", id))
+				default:
+					file = imgtext.Escape(f)
+				}
+			}
+			line += "\t" + file
+		}
+		fmt.Fprintln(tw, line)
+	}
+	tw.Flush()
+	for _, n := range notes {
+		fmt.Fprintf(w, "    note: %s\n", n)
+	}
+}
+
+func escapeAll(in []string) []string {
+	out := make([]string, len(in))
+	for i, s := range in {
+		out[i] = imgtext.Escape(s)
+	}
+	return out
 }
 
 // vmClock formats a guest clock like qemu-img: hhhh:mm:ss.mmm.

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/internal/imgtext"
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -173,7 +174,8 @@ func writeSnapshotList(w io.Writer, snaps []qcow2.SnapshotInfo) {
 		if s.ICount != math.MaxUint64 {
 			icount = strconv.FormatUint(s.ICount, 10)
 		}
-		fmt.Fprintf(w, "%-9s %-16s %8s%20s%13s%11s\n", s.ID, s.Name, qemuSizeString(s.VMStateSize), date, clock, icount)
+		// (Names are escaped and bounded: they come from the image.)
+		fmt.Fprintf(w, "%-9s %-16s %8s%20s%13s%11s\n", imgtext.Escape(s.ID), imgtext.Escape(s.Name), qemuSizeString(s.VMStateSize), date, clock, icount)
 	}
 }
 
