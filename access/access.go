@@ -1,18 +1,23 @@
 // Package access answers one question the way the kernel would: could this
-// user open that file? It looks at POSIX mode bits only (no ACLs, no
-// capabilities but root's) on descriptors already open, plus search
-// permission on every directory on the way to them. qcow2fs uses it to
+// user open that file? It looks at POSIX mode bits only (no capabilities
+// but root's) on descriptors already open, plus search permission on every
+// directory on the way to them. It does not evaluate ACLs: a file or
+// directory that has one grants nobody but its owner and root anything
+// here (an ACL may deny a named user what the mode bits allow). qcow2fs uses it to
 // refuse files an image names that the image's owner could not open
 // directly, and to narrow the permissions a mounted file shows to what
 // every user granted them could read directly (see docs/SECURITY.md).
 package access
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/user"
 	"strconv"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Perm is a set of permission bits of one class: Read, Write, Search.
@@ -29,6 +34,9 @@ type Attr struct {
 	Uid, Gid uint32
 	Mode     uint32 // st_mode; only the permission bits (0777) count
 	Dir      bool
+	// ACL is set when the file has an access ACL beyond its mode bits:
+	// then only its owner's bits are known to mean what they say.
+	ACL bool
 }
 
 // AttrOf takes a file's attributes from its stat.
@@ -48,6 +56,9 @@ func (a Attr) String() string {
 			b[i+1] = rwx[i]
 		}
 	}
+	if a.ACL {
+		b = append(b, '+')
+	}
 	return fmt.Sprintf("%s %s:%s", b, userName(a.Uid), groupName(a.Gid))
 }
 
@@ -58,12 +69,18 @@ func (a Attr) classBits(shift uint) Perm { return Perm(a.Mode>>shift) & 7 }
 // everyone reports whether every user, whatever class they fall in, has
 // want on the file: the owner, its group and the others all have it.
 func (a Attr) everyone(want Perm) bool {
+	if a.ACL {
+		return false
+	}
 	return a.classBits(6)&want == want && a.classBits(3)&want == want && a.classBits(0)&want == want
 }
 
 // wholeGroup reports whether every member of group gid has want on the
 // file, whatever other groups they are in and whether or not they own it.
 func (a Attr) wholeGroup(gid uint32, want Perm) bool {
+	if a.ACL {
+		return false // named entries may deny some members
+	}
 	if a.everyone(want) {
 		return true
 	}
@@ -112,7 +129,7 @@ func (p Principal) String() string {
 // POSIX rules: root may do anything; otherwise the owner's bits apply to
 // the owner, the group's bits to members of the file's group, the others'
 // bits to everyone else (one class only: an owner is not helped by
-// generous group or other bits).
+// generous group or other bits). With an ACL only the owner's bits count.
 func (p Principal) Allows(a Attr, want Perm) bool {
 	if p.Uid == 0 {
 		return true
@@ -120,6 +137,8 @@ func (p Principal) Allows(a Attr, want Perm) bool {
 	switch {
 	case a.Uid == p.Uid:
 		return a.classBits(6)&want == want
+	case a.ACL:
+		return false
 	case p.inGroup(a.Gid):
 		return a.classBits(3)&want == want
 	default:
@@ -163,6 +182,9 @@ func Describe(f *os.File) (Object, error) {
 		return Object{}, fmt.Errorf("where is it: %w", err)
 	}
 	o := Object{Path: path, Attr: AttrOf(&st)}
+	if o.Attr.ACL, err = hasACL(func(dest []byte) (int, error) { return unix.Fgetxattr(int(f.Fd()), aclXattr, dest) }); err != nil {
+		return Object{}, err
+	}
 	dirs, err := parents(path)
 	if err != nil {
 		return Object{}, err
@@ -172,9 +194,31 @@ func Describe(f *os.File) (Object, error) {
 		if err := syscall.Stat(d, &dst); err != nil {
 			return Object{}, fmt.Errorf("stat directory %s: %w", d, err)
 		}
-		o.Dirs = append(o.Dirs, Dir{Path: d, Attr: AttrOf(&dst)})
+		a := AttrOf(&dst)
+		if a.ACL, err = hasACL(func(dest []byte) (int, error) { return unix.Getxattr(d, aclXattr, dest) }); err != nil {
+			return Object{}, fmt.Errorf("directory %s: %w", d, err)
+		}
+		o.Dirs = append(o.Dirs, Dir{Path: d, Attr: a})
 	}
 	return o, nil
+}
+
+// aclXattr holds a file's access ACL; Linux stores none for a file whose
+// ACL is just its mode bits.
+const aclXattr = "system.posix_acl_access"
+
+// hasACL reports whether get (a getxattr of aclXattr) finds an ACL. A file
+// system without ACLs has none; any other failure is an error, since it
+// leaves the question open.
+func hasACL(get func(dest []byte) (int, error)) (bool, error) {
+	n, err := get(nil)
+	switch {
+	case err == nil:
+		return n > 0, nil
+	case errors.Is(err, unix.ENODATA), errors.Is(err, unix.EOPNOTSUPP):
+		return false, nil
+	}
+	return false, fmt.Errorf("read its ACL: %w", err)
 }
 
 // parents lists the directories on the way to the absolute path p, "/"
@@ -204,10 +248,16 @@ func parents(p string) ([]string, error) {
 func (p Principal) CanOpen(o Object, want Perm) error {
 	for _, d := range o.Dirs {
 		if !p.Allows(d.Attr, Search) {
+			if d.Attr.ACL && d.Attr.Uid != p.Uid {
+				return fmt.Errorf("may not search directory %s (%s: it has an ACL, and qcow2fs trusts ACLs for nobody but the owner) on the way to it", d.Path, d.Attr)
+			}
 			return fmt.Errorf("cannot search directory %s (%s) on the way to it", d.Path, d.Attr)
 		}
 	}
 	if !p.Allows(o.Attr, want) {
+		if o.Attr.ACL && o.Attr.Uid != p.Uid {
+			return fmt.Errorf("may not %s it (%s: it has an ACL, and qcow2fs trusts ACLs for nobody but the owner)", verb(want), o.Attr)
+		}
 		return fmt.Errorf("cannot %s it (%s)", verb(want), o.Attr)
 	}
 	return nil

@@ -2,11 +2,14 @@ package integration
 
 import (
 	"bytes"
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // The threat model (docs/SECURITY.md): a user must never read or write,
@@ -197,6 +200,16 @@ func TestNamedFilesOwnerMayOpen(t *testing.T) {
 		img := userImage("hidden.qcow2", "", hiddenFile, "raw")
 		mountRefused(t, mnt, []string{img, hiddenFile, u.Name, hidden}, "--ro", "--allow-other", img)
 	})
+	t.Run("backing file whose ACL denies the owner", func(t *testing.T) {
+		denied := filepath.Join(dir, "acl.raw") // 0644, but not for u
+		fillFile(t, denied, 0x88, 1<<20, 0o644)
+		denyByACL(t, denied, u.Uid)
+		if r := readAs(u, denied); r.Code == 0 {
+			t.Fatalf("the ACL does not keep %s out of %s: the test is wrong", u, denied)
+		}
+		img := userImage("acl.qcow2", "", denied, "raw")
+		mountRefused(t, mnt, []string{img, denied, u.Name, "ACL"}, "--ro", "--allow-other", img)
+	})
 	t.Run("root image whose backing file the owner cannot read", func(t *testing.T) {
 		img := userImage("top.qcow2", "", rootMid, "qcow2")
 		mountRefused(t, mnt, []string{img, rootBase, u.Name}, "--ro", "--allow-other", img)
@@ -285,4 +298,31 @@ func TestSymlinkSourcesOwnerMayOpen(t *testing.T) {
 		t.Errorf("mount lists %s", got)
 	}
 	unmountQcow2fs(t, mnt, src)
+}
+
+// denyByACL gives path an access ACL that leaves its mode bits as they
+// are but gives uid no permission at all (setfacl -m u:UID:- path; the
+// acl tools are not installed, the kernel takes the xattr directly).
+func denyByACL(t *testing.T, path string, uid int) {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mode := uint16(st.Mode().Perm())
+	entry := func(tag, perm uint16, id uint32) []byte {
+		b := binary.LittleEndian.AppendUint16(nil, tag)
+		b = binary.LittleEndian.AppendUint16(b, perm)
+		return binary.LittleEndian.AppendUint32(b, id)
+	}
+	const undefined = 0xffffffff
+	b := binary.LittleEndian.AppendUint32(nil, 2)         // version
+	b = append(b, entry(0x01, mode>>6&7, undefined)...)   // user::
+	b = append(b, entry(0x02, 0, uint32(uid))...)         // user:UID:---
+	b = append(b, entry(0x04, mode>>3&7, undefined)...)   // group::
+	b = append(b, entry(0x10, mode>>3&7|4, undefined)...) // mask::
+	b = append(b, entry(0x20, mode&7, undefined)...)      // other::
+	if err := unix.Setxattr(path, "system.posix_acl_access", b, 0); err != nil {
+		t.Fatalf("set an ACL on %s: %v", path, err)
+	}
 }
