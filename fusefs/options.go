@@ -18,9 +18,9 @@ import (
 
 // Options controls a mount.
 type Options struct {
-	// ReadOnly mounts read-only: files are 0444, opens for writing fail with
-	// EROFS and the mount carries "ro". Images opened read-only are served
-	// read-only whatever this says.
+	// ReadOnly mounts read-only: files lose their write bits, opens for
+	// writing fail with EROFS and the mount carries "ro". Images opened
+	// read-only are served read-only whatever this says.
 	ReadOnly bool
 	// AllowOther lets users other than the mounter access the files
 	// (needs user_allow_other in /etc/fuse.conf for non-root mounters).
