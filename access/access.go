@@ -249,9 +249,9 @@ func (p Principal) CanOpen(o Object, want Perm) error {
 	for _, d := range o.Dirs {
 		if !p.Allows(d.Attr, Search) {
 			if d.Attr.ACL && d.Attr.Uid != p.Uid {
-				return fmt.Errorf("may not search directory %s (%s: it has an ACL, and qcow2fs trusts ACLs for nobody but the owner) on the way to it", d.Path, d.Attr)
+				return fmt.Errorf("may not search directory %q (%s: it has an ACL, and qcow2fs trusts ACLs for nobody but the owner) on the way to it", d.Path, d.Attr)
 			}
-			return fmt.Errorf("cannot search directory %s (%s) on the way to it", d.Path, d.Attr)
+			return fmt.Errorf("cannot search directory %q (%s) on the way to it", d.Path, d.Attr)
 		}
 	}
 	if !p.Allows(o.Attr, want) {
