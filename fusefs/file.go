@@ -43,10 +43,14 @@ type imageFile struct {
 	flushMu    sync.Mutex
 	flushedGen uint64
 
+	// perm narrows the permission bits (Options.Perm); nil keeps them.
+	perm PermFunc
+
 	// attrMu guards what chmod/chown/touch changed: kept in memory only
-	// (there is nowhere in a qcow2 image to store them).
+	// (there is nowhere in a qcow2 image to store them). Unset fields
+	// follow the image file.
 	attrMu sync.Mutex
-	mode   uint32 // permission bits
+	mode   *uint32 // permission bits
 	uid    *uint32
 	gid    *uint32
 	atime  *time.Time
@@ -65,21 +69,19 @@ var (
 	_ fs.NodeAllocater = (*imageFile)(nil)
 )
 
-func newImageFile(img *qcow2.Image, name string, ro, directIO bool, log logrus.FieldLogger) *imageFile {
-	f := newWindowFile(img, name, 0, img.Size(), ro, directIO, log)
+func newImageFile(img *qcow2.Image, name string, opts *Options) *imageFile {
+	f := newWindowFile(img, name, 0, img.Size(), opts)
 	f.whole = true
 	return f
 }
 
 // newWindowFile makes a file showing length bytes of the disk from base
 // (a partition).
-func newWindowFile(img *qcow2.Image, name string, base, length int64, ro, directIO bool, log logrus.FieldLogger) *imageFile {
-	ro = ro || img.ReadOnly()
-	mode := uint32(0o644)
-	if ro {
-		mode = 0o444
+func newWindowFile(img *qcow2.Image, name string, base, length int64, opts *Options) *imageFile {
+	return &imageFile{
+		img: img, name: name, ro: opts.ReadOnly || img.ReadOnly(), directIO: opts.DirectIO,
+		log: opts.Log, perm: opts.Perm, base: base, length: length,
 	}
-	return &imageFile{img: img, name: name, ro: ro, directIO: directIO, log: log, mode: mode, base: base, length: length}
 }
 
 // size is the file's size: the virtual disk's, or the window's.
@@ -185,13 +187,10 @@ func (f *imageFile) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.Attr
 }
 
 func (f *imageFile) fillAttr(a *fuse.Attr) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(f.img.Path(), &st); err == nil {
-		a.Uid, a.Gid = st.Uid, st.Gid
-		a.Atime, a.Atimensec = uint64(st.Atim.Sec), uint32(st.Atim.Nsec)
-		a.Mtime, a.Mtimensec = uint64(st.Mtim.Sec), uint32(st.Mtim.Nsec)
-		a.Ctime, a.Ctimensec = uint64(st.Ctim.Sec), uint32(st.Ctim.Nsec)
-	}
+	st := imageStat(f.img)
+	a.Atime, a.Atimensec = uint64(st.Atim.Sec), uint32(st.Atim.Nsec)
+	a.Mtime, a.Mtimensec = uint64(st.Mtim.Sec), uint32(st.Mtim.Nsec)
+	a.Ctime, a.Ctimensec = uint64(st.Ctim.Sec), uint32(st.Ctim.Nsec)
 	a.Size = uint64(f.size())
 	held := f.img.HostBytes()
 	if !f.whole {
@@ -206,13 +205,18 @@ func (f *imageFile) fillAttr(a *fuse.Attr) {
 
 	f.attrMu.Lock()
 	defer f.attrMu.Unlock()
-	a.Mode = syscall.S_IFREG | f.mode
+	uid, gid, mode := st.Uid, st.Gid, st.Mode&0o777
 	if f.uid != nil {
-		a.Uid = *f.uid
+		uid = *f.uid
 	}
 	if f.gid != nil {
-		a.Gid = *f.gid
+		gid = *f.gid
 	}
+	if f.mode != nil {
+		mode = *f.mode
+	}
+	a.Uid, a.Gid = uid, gid
+	a.Mode = syscall.S_IFREG | viewMode(f.img, f.perm, uid, gid, mode, f.ro)
 	if f.atime != nil {
 		a.Atime, a.Atimensec = uint64(f.atime.Unix()), uint32(f.atime.Nanosecond())
 	}
@@ -232,7 +236,10 @@ func (f *imageFile) Setattr(ctx context.Context, _ fs.FileHandle, in *fuse.SetAt
 	}
 	f.attrMu.Lock()
 	if m, ok := in.GetMode(); ok {
-		f.mode = m & 0o7777
+		// Kept as asked; what shows is still narrowed like the image's
+		// own mode, so chmod cannot grant more than the image does.
+		m &= 0o7777
+		f.mode = &m
 	}
 	if uid, ok := in.GetUID(); ok {
 		f.uid = &uid

@@ -6,6 +6,8 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
 // infoFile is the read-only NAME.info beside NAME.raw: the image's metadata
@@ -17,8 +19,10 @@ type infoFile struct {
 
 	name string
 	text func() []byte
-	// uid/gid of the image file: whoever may see the image may see this.
-	statPath string
+	// The owner, group and mode (read bits only) of the image: whoever may
+	// read the image may read this.
+	img  *qcow2.Image
+	perm PermFunc
 }
 
 var (
@@ -52,10 +56,8 @@ func (f *infoFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 }
 
 func (f *infoFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	var st syscall.Stat_t
-	if err := syscall.Stat(f.statPath, &st); err == nil {
-		out.FromStat(&st)
-	}
+	st := imageStat(f.img)
+	out.FromStat(st)
 	n := 0
 	if h, ok := fh.(*infoHandle); ok {
 		n = len(h.text)
@@ -65,7 +67,7 @@ func (f *infoFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.Attr
 	out.Size = uint64(n)
 	out.Blocks = uint64(n+511) / 512
 	out.Blksize = blockSize
-	out.Mode = syscall.S_IFREG | 0o444
+	out.Mode = syscall.S_IFREG | viewMode(f.img, f.perm, st.Uid, st.Gid, st.Mode&0o777, true)&0o444
 	out.Nlink = 1
 	out.Ino = f.StableAttr().Ino
 	out.SetTimeout(attrTimeout)

@@ -130,7 +130,7 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 		if err := claim(img, name); err != nil {
 			return err
 		}
-		root.files = append(root.files, newImageFile(img, name, opts.ReadOnly, opts.DirectIO, opts.Log))
+		root.files = append(root.files, newImageFile(img, name, &opts))
 		return nil
 	}
 	stems := make([]string, len(images))
@@ -152,7 +152,7 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 				if err := claim(img, name); err != nil {
 					return fail(err)
 				}
-				root.files = append(root.files, newWindowFile(img, name, p.Start, p.Size, opts.ReadOnly, opts.DirectIO, opts.Log))
+				root.files = append(root.files, newWindowFile(img, name, p.Start, p.Size, &opts))
 			}
 		}
 	}
@@ -162,7 +162,7 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 			if err := claim(img, name); err != nil {
 				return fail(err)
 			}
-			root.infos = append(root.infos, &infoFile{name: name, text: func() []byte { return opts.InfoText(img) }, statPath: img.Path()})
+			root.infos = append(root.infos, &infoFile{name: name, text: func() []byte { return opts.InfoText(img) }, img: img, perm: opts.Perm})
 		}
 	}
 	if opts.NoSnapshots {
@@ -231,7 +231,10 @@ func fuseOptions(images []*qcow2.Image, opts Options) (*fs.Options, io.Closer) {
 		flags |= syscall.MS_RDONLY | syscall.MS_NOEXEC
 	}
 	allowOther := opts.AllowOther || opts.AllowRoot
-	if opts.DefaultPermissions {
+	// With allow_other the files' owners and modes are the access policy,
+	// so the kernel must enforce them. allow_root lets in only root and
+	// the mounter, who opened the images themselves, and needs no check.
+	if opts.DefaultPermissions || opts.AllowOther {
 		mopts = append(mopts, "default_permissions")
 	}
 	// go-fuse's own diagnostics (and, with Debug, its request trace) go

@@ -18,12 +18,14 @@ import (
 
 // Options controls a mount.
 type Options struct {
-	// ReadOnly mounts read-only: files are 0444, opens for writing fail with
-	// EROFS and the mount carries "ro". Images opened read-only are served
-	// read-only whatever this says.
+	// ReadOnly mounts read-only: files lose their write bits, opens for
+	// writing fail with EROFS and the mount carries "ro". Images opened
+	// read-only are served read-only whatever this says.
 	ReadOnly bool
 	// AllowOther lets users other than the mounter access the files
 	// (needs user_allow_other in /etc/fuse.conf for non-root mounters).
+	// It implies DefaultPermissions: the files' owners and modes are then
+	// the only thing between other users and the images.
 	AllowOther bool
 	// AllowRoot lets root in besides the mounter, and nobody else: the
 	// mount is made with allow_other and the daemon refuses everyone else
@@ -31,6 +33,13 @@ type Options struct {
 	AllowRoot bool
 	// DefaultPermissions makes the kernel check file modes against the caller.
 	DefaultPermissions bool
+	// Perm, when set, narrows the permission bits of the files of an image
+	// (and of its snapshots, partitions and info file). Every file shows
+	// the owner, group and mode of the image file, from an fstat of its
+	// descriptor; Perm gets those (or what chmod/chown set through the
+	// mount) and returns the bits that may stay. Write bits are dropped
+	// besides on read-only files, and every bit but read on info files.
+	Perm PermFunc
 	// DirectIO opens files with FOPEN_DIRECT_IO: every read and write goes to
 	// the daemon, bypassing the kernel page cache for the raw files.
 	DirectIO bool

@@ -1,5 +1,7 @@
 package qcow2
 
+import "os"
+
 // This file holds the public surface of the package: the types the FUSE layer
 // and the CLI use. The implementation lives in the other files.
 
@@ -23,11 +25,55 @@ type OpenOptions struct {
 	// Warn receives non-fatal warnings (corrupt bit on a read-only open, ...).
 	// May be nil.
 	Warn func(msg string)
+	// CheckFile, when set, sees every file the open uses — the image itself,
+	// each backing file down the chain, each external data file — right
+	// after its descriptor is opened and before anything is read from it
+	// or locked. An error refuses the file and fails the open. This is
+	// where the caller decides which files an image may name (the package
+	// itself has no notion of users).
+	CheckFile func(OpenedFile) error
 	// repair lets Check --repair open an image marked corrupt read-write.
 	repair bool
 	// skipBacking opens no backing file even read-write: for operations
 	// that change metadata only (rebase -u), never guest data.
 	skipBacking bool
+	// namedBy is the chain of images above the one being opened (for
+	// OpenedFile.NamedBy); empty for the image Open was called on.
+	namedBy []Namer
+}
+
+// OpenedFile is a file an open is about to use, as OpenOptions.CheckFile
+// sees it.
+type OpenedFile struct {
+	// Role is RoleImage, RoleBacking or RoleDataFile.
+	Role string
+	// Path is the absolute path it was opened by: a name stored in an image
+	// is resolved against that image's directory. It comes from an image:
+	// quote it before printing.
+	Path string
+	// File is the open descriptor (fstat it rather than the path, which
+	// may have changed since); the open owns it, never close it.
+	File *os.File
+	// Write is set when the file is opened for writing.
+	Write bool
+	// NamedBy lists the images that lead to this file: the image Open was
+	// called on first, the image that names this file last. Empty for
+	// RoleImage.
+	NamedBy []Namer
+}
+
+// Roles of an OpenedFile.
+const (
+	RoleImage    = "image"
+	RoleBacking  = "backing file"
+	RoleDataFile = "external data file"
+)
+
+// Namer is an image that names another file, with the fstat of its own
+// descriptor (Sys() is a *syscall.Stat_t).
+type Namer struct {
+	Path string
+	Stat os.FileInfo
 }
 
 // ExtentKind says what a run of guest bytes holds.

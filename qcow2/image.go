@@ -123,6 +123,10 @@ func openChain(path string, opts OpenOptions, seen map[string]bool) (*Image, err
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", abs, err)
 	}
+	if err := opts.checkFile(abs, f, !opts.ReadOnly); err != nil {
+		f.Close()
+		return nil, err
+	}
 	if opts.ForceShare && !opts.ReadOnly {
 		f.Close()
 		return nil, fmt.Errorf("%s: force-share needs a read-only open", abs)
@@ -352,6 +356,10 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 		if err != nil {
 			return nil, formatErr(s.path, "open external data file: %s", imgtext.EscapePath(err.Error()))
 		}
+		if err := opts.below(s).checkFileAs(RoleDataFile, s.dataFilePath, df, !s.ro); err != nil {
+			df.Close()
+			return nil, fmt.Errorf("%s: external data file: %w", s.path, err)
+		}
 		if !opts.ForceShare {
 			perm := permConsistentRead
 			if !s.ro {
@@ -387,7 +395,7 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 		s.warn(fmt.Sprintf("%s: backing file %s not opened (backing disabled): unallocated space reads as zeros", s.path, imgtext.Quote(s.backingName)))
 	} else if s.backingName != "" {
 		s.backingPath = resolveRelative(s.path, s.backingName)
-		bopts := opts
+		bopts := opts.below(s)
 		bopts.ReadOnly = true
 		b, err := openLayer(s.backingPath, s.backingFmt, bopts, seen)
 		if err != nil {
@@ -594,7 +602,7 @@ func openLayer(path, format string, opts OpenOptions, seen map[string]bool) (lay
 	case "qcow2":
 		return openChain(path, opts, seen)
 	case "raw":
-		return openRaw(path)
+		return openRaw(path, opts)
 	default:
 		return nil, fmt.Errorf("%s: backing format %s is not supported (qcow2 and raw are)", path, imgtext.Quote(format))
 	}
@@ -621,8 +629,43 @@ func (e *backingError) Error() string {
 
 func (e *backingError) Unwrap() error { return e.err }
 
+// checkFile hands a file just opened to OpenOptions.CheckFile: the image
+// Open was called on, or a backing file (opts from below).
+func (o OpenOptions) checkFile(path string, f *os.File, write bool) error {
+	role := RoleImage
+	if len(o.namedBy) > 0 {
+		role = RoleBacking
+	}
+	return o.checkFileAs(role, path, f, write)
+}
+
+func (o OpenOptions) checkFileAs(role, path string, f *os.File, write bool) error {
+	if o.CheckFile == nil {
+		return nil
+	}
+	return o.CheckFile(OpenedFile{Role: role, Path: path, File: f, Write: write, NamedBy: o.namedBy})
+}
+
+// below returns the options for the files s names: the same, with s added
+// to the chain of images that lead to them.
+func (o OpenOptions) below(s *shared) OpenOptions {
+	if o.CheckFile == nil {
+		return o
+	}
+	st, err := s.f.Stat()
+	if err != nil {
+		st = nil
+	}
+	o.namedBy = append(append([]Namer(nil), o.namedBy...), Namer{Path: s.path, Stat: st})
+	return o
+}
+
 // Path returns the image's absolute path.
 func (img *Image) Path() string { return img.s.path }
+
+// Stat returns the fstat of the image file's descriptor (opened before
+// any mount, so this never looks a path up).
+func (img *Image) Stat() (os.FileInfo, error) { return img.s.f.Stat() }
 
 // Size returns the virtual disk size in bytes.
 func (img *Image) Size() int64 { return img.size }

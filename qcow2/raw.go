@@ -12,9 +12,13 @@ type rawLayer struct {
 	size int64
 }
 
-func openRaw(path string) (*rawLayer, error) {
+func openRaw(path string, opts OpenOptions) (*rawLayer, error) {
 	f, err := openNoAtime(path, os.O_RDONLY)
 	if err != nil {
+		return nil, err
+	}
+	if err := opts.checkFile(path, f, false); err != nil {
+		f.Close()
 		return nil, err
 	}
 	st, err := f.Stat()

@@ -59,6 +59,7 @@ func cmdCommit(args []string) error {
 func cmdRebase(args []string) error {
 	fs := newFlagSet("rebase", rebaseUsage)
 	backing := fs.StringP("backing", "b", "", "new backing `FILE` (\"\" for none)")
+	fs.SetAnnotation("backing", allowEmpty, []string{"yes"})
 	backingFmt := fs.StringP("backing-format", "F", "", "its `FORMAT`: qcow2 or raw (default: probed)")
 	unsafe := fs.BoolP("unsafe", "u", false, "only change the name; copy nothing")
 	format := fs.StringP("format", "f", "qcow2", "image `FORMAT` (only qcow2)")

@@ -192,7 +192,25 @@ func parseFlags(fs *pflag.FlagSet, args []string) error {
 		fs.Usage()
 		return pflag.ErrHelp
 	}
-	return nil
+	return checkEmptyValues(fs)
+}
+
+// allowEmpty is the annotation of a string flag for which "" means
+// something (rebase -b "": no backing file).
+const allowEmpty = "qcow2fs-allow-empty"
+
+// checkEmptyValues refuses an empty value given to a string flag: pflag
+// cannot tell --overlay "" from no --overlay at all, and a script whose
+// variable came out empty must not get a read-write mount of the evidence
+// (or a log in the wrong place, or the default of anything) instead.
+func checkEmptyValues(fs *pflag.FlagSet) error {
+	var err error
+	fs.Visit(func(f *pflag.Flag) {
+		if err == nil && f.Value.Type() == "string" && f.Value.String() == "" && f.Annotations[allowEmpty] == nil {
+			err = usagef("%s: --%s: empty value (see qcow2fs %s --help)", fs.Name(), f.Name, fs.Name())
+		}
+	})
+	return err
 }
 
 type discard struct{}

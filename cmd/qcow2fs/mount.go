@@ -21,11 +21,11 @@ Every option is also an -o key, so a whole command line fits in fstab:
 
   flag                    -o key              meaning
   --ro                    ro                  read-only: no write of any kind to any file of the
-                                              image's chain; files 0444; mount ro,nodev,nosuid,noexec
+                                              image's chain; no write bits; mount ro,nodev,nosuid,noexec
   (default)               rw                  read-write
   --overlay FILE          overlay=FILE        writes go to the qcow2 overlay FILE (created when
-                                              missing) whose backing file is IMAGE; IMAGE stays
-                                              read-only
+                                              missing, with IMAGE's owner and mode) whose backing
+                                              file is IMAGE; IMAGE stays read-only
   --no-backing            backing=off         show the top layer alone; open no file the image
                                               names (backing file, data file); an image
                                               with a backing file then needs --ro
@@ -34,14 +34,20 @@ Every option is also an -o key, so a whole command line fits in fstab:
                                               partition (numbered as Linux numbers them)
   --cache-size SIZE       cache_size=SIZE     metadata cache per image, e.g. 64M (default 32M)
   --direct-io             direct_io           bypass the kernel page cache for the raw files
-  --allow-other           allow_other         let every user in (non-root mounters need
-                                              user_allow_other in /etc/fuse.conf)
+  --allow-other           allow_other         let every user in, as the files' owners and modes
+                                              allow (implies default_permissions; non-root
+                                              mounters need user_allow_other in /etc/fuse.conf)
   --allow-root            allow_root          let root in besides you, nobody else
   --default-permissions   default_permissions let the kernel check file modes
   --log FILE              log=FILE            log to FILE instead of syslog
   -d, --debug             debug               log every FUSE request
   -f, --foreground        (none)              stay attached, log to stderr (an fstab mount
                                               must return, so this has no -o key)
+
+The files carry the image file's owner, group and mode, narrowed to what
+the whole backing chain grants; an image only gets the backing and data
+files its owner could open (see docs/SECURITY.md). An empty option value
+is an error.
 
 Generic mount options (dev, suid, exec and their no* forms, the atime
 family, _netdev, nofail, noauto, auto, user, users, owner, group, defaults,

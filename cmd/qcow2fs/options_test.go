@@ -1,6 +1,7 @@
 package main
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -107,5 +108,38 @@ func TestHumanSize(t *testing.T) {
 		if got := humanSize(n); got != want {
 			t.Errorf("humanSize(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// TestEmptyFlagValues: an empty value for a flag that takes one is a usage
+// error naming the flag, for every command; rebase -b "" (no backing
+// file) is the one exception.
+func TestEmptyFlagValues(t *testing.T) {
+	for _, args := range [][]string{
+		{"mount", "--overlay", "", "a.qcow2", "mnt"},
+		{"mount", "--overlay=", "a.qcow2", "mnt"},
+		{"mount", "--log", "", "a.qcow2", "mnt"},
+		{"mount", "--cache-size=", "a.qcow2", "mnt"},
+		{"info", "--output", "", "a.qcow2"},
+		{"hash", "--algo=", "a.qcow2"},
+		{"hash", "--snapshot", "", "a.qcow2"},
+		{"check", "-r", "", "a.qcow2"},
+		{"create", "-b", "", "a.qcow2", "1M"},
+		{"snapshot", "-c", "", "a.qcow2"},
+		{"map", "--max-length=", "a.qcow2"},
+	} {
+		code, _, stderr := runCLI(t, args...)
+		flag := strings.TrimSuffix(strings.SplitN(args[1], "=", 2)[0], "=")
+		if code != exitUsage || !strings.Contains(stderr, "empty value") {
+			t.Errorf("qcow2fs %q: exit %d, %q; want a usage error about the empty value", args, code, stderr)
+		}
+		if strings.HasPrefix(flag, "--") && !strings.Contains(stderr, flag) {
+			t.Errorf("qcow2fs %q: %q does not name %s", args, stderr, flag)
+		}
+	}
+	// rebase -b "" removes the backing file: it gets as far as the image.
+	code, _, stderr := runCLI(t, "rebase", "-u", "-b", "", filepath.Join(t.TempDir(), "missing.qcow2"))
+	if code != exitError || strings.Contains(stderr, "empty value") {
+		t.Errorf("rebase -b \"\": exit %d, %q; want the missing image reported", code, stderr)
 	}
 }

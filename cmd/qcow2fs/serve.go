@@ -11,6 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/qcow2fs/qcow2fs/internal/access"
 	"github.com/qcow2fs/qcow2fs/fusefs"
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
@@ -45,7 +46,7 @@ func serve(cfg *mountConfig, rep reporter) int {
 		log.Debugf("prctl(PR_SET_IO_FLUSHER): %v (not permitted here; only matters under a loop device)", err)
 	}
 
-	images, names, undo, err := openImages(cfg, rep)
+	images, names, perm, undo, err := openImages(cfg, rep)
 	if err != nil {
 		rep.fail(err)
 		return exitError
@@ -67,6 +68,7 @@ func serve(cfg *mountConfig, rep reporter) int {
 		DirectIO:           cfg.DirectIO,
 		NoSnapshots:        cfg.NoSnapshots,
 		Partitions:         cfg.Partitions,
+		Perm:               perm,
 		Names:              names,
 		InfoText:           func(img *qcow2.Image) []byte { return infoText(img, stems[img]) },
 		Warn:               rep.warn,
@@ -137,9 +139,18 @@ func waitUnmounted(srv *fusefs.Server, log *logrus.Logger) {
 
 // openImages opens every image of the mount; on failure it closes those
 // already open. names gives the file name stem of each image when it is not
-// the image's own (an overlay shows the evidence's name); undo removes what
-// opening created (a new overlay) and is for a mount that then fails.
-func openImages(cfg *mountConfig, rep reporter) (images []*qcow2.Image, names []string, undo func(), err error) {
+// the image's own (an overlay shows the evidence's name); perm narrows the
+// permissions their files show to what the files behind them allow (see
+// accessGuard); undo removes what opening created (a new overlay) and is
+// for a mount that then fails.
+func openImages(cfg *mountConfig, rep reporter) (images []*qcow2.Image, names []string, perm fusefs.PermFunc, undo func(), err error) {
+	sources := map[string]*access.Sources{} // image path → the files behind it
+	perm = func(img *qcow2.Image, uid, gid, mode uint32) uint32 {
+		if s := sources[img.Path()]; s != nil {
+			return s.Mode(uid, gid, mode)
+		}
+		return 0
+	}
 	opts := qcow2.OpenOptions{
 		ReadOnly:  cfg.ReadOnly,
 		NoBacking: cfg.NoBacking,
@@ -150,21 +161,29 @@ func openImages(cfg *mountConfig, rep reporter) (images []*qcow2.Image, names []
 		Warn:       rep.warn,
 	}
 	if cfg.Overlay != "" {
+		// The evidence is the source: a symbolic link to it counts from
+		// the overlay's backing file down.
+		guard := newAccessGuard(cfg.Images[0], 1)
+		opts.CheckFile = guard.check
 		img, cleanup, err := openOverlay(cfg.Overlay, cfg.Images[0], opts)
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, nil, nil, nil, err
 		}
-		return []*qcow2.Image{img}, []string{fusefs.Stem(cfg.Images[0])}, cleanup, nil
+		sources[img.Path()] = guard.sources
+		return []*qcow2.Image{img}, []string{fusefs.Stem(cfg.Images[0])}, perm, cleanup, nil
 	}
 	for _, path := range cfg.Images {
+		guard := newAccessGuard(path, 0)
+		opts.CheckFile = guard.check
 		img, err := qcow2.Open(path, opts)
 		if err != nil {
 			closeImages(images)
-			return nil, nil, nil, openError(path, err)
+			return nil, nil, nil, nil, openError(path, err)
 		}
+		sources[img.Path()] = guard.sources
 		images = append(images, img)
 	}
-	return images, nil, func() {}, nil
+	return images, nil, perm, func() {}, nil
 }
 
 // openError makes sure the message names the image (the qcow2 package's
