@@ -11,8 +11,8 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
-	"github.com/qcow2fs/qcow2fs/internal/access"
 	"github.com/qcow2fs/qcow2fs/fusefs"
+	"github.com/qcow2fs/qcow2fs/internal/access"
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
