@@ -186,7 +186,7 @@ func (f *imageFile) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.Attr
 
 func (f *imageFile) fillAttr(a *fuse.Attr) {
 	var st syscall.Stat_t
-	if err := syscall.Stat(f.img.Path(), &st); err == nil {
+	if err := statImage(f.img, &st); err == nil {
 		a.Uid, a.Gid = st.Uid, st.Gid
 		a.Atime, a.Atimensec = uint64(st.Atim.Sec), uint32(st.Atim.Nsec)
 		a.Mtime, a.Mtimensec = uint64(st.Mtim.Sec), uint32(st.Mtim.Nsec)

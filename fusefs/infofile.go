@@ -6,6 +6,8 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
 // infoFile is the read-only NAME.info beside NAME.raw: the image's metadata
@@ -18,7 +20,7 @@ type infoFile struct {
 	name string
 	text func() []byte
 	// uid/gid of the image file: whoever may see the image may see this.
-	statPath string
+	img *qcow2.Image
 }
 
 var (
@@ -53,7 +55,7 @@ func (f *infoFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 
 func (f *infoFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	var st syscall.Stat_t
-	if err := syscall.Stat(f.statPath, &st); err == nil {
+	if err := statImage(f.img, &st); err == nil {
 		out.FromStat(&st)
 	}
 	n := 0

@@ -25,6 +25,7 @@ type Server struct {
 	// images stay the caller's to flush and close.
 	views     []*qcow2.Image
 	logPipe   io.Closer // feeds go-fuse's log lines into logrus
+	dir       hostDir   // the root's host directory, closed with the views
 	closeOnce sync.Once
 }
 
@@ -42,7 +43,13 @@ func Mount(mountpoint string, images []*qcow2.Image, opts Options) (*Server, err
 	if err != nil {
 		return nil, err
 	}
-	srv := &Server{mountpoint: mountpoint, views: views}
+	srv := &Server{mountpoint: mountpoint, views: views, dir: hostDir{-1}}
+	// Opened before the mount, which may cover this very directory.
+	if root.dir, err = openHostDir(filepath.Dir(images[0].Path())); err != nil {
+		srv.closeViews()
+		return nil, err
+	}
+	srv.dir = root.dir
 	fsOpts, logPipe := fuseOptions(images, opts)
 	srv.logPipe = logPipe
 	// What fs.Mount does, with room to wrap the node file system.
@@ -85,7 +92,10 @@ func (s *Server) closeViews() {
 		for _, v := range s.views {
 			v.Close()
 		}
-		s.logPipe.Close()
+		s.dir.close()
+		if s.logPipe != nil {
+			s.logPipe.Close()
+		}
 	})
 }
 
@@ -103,7 +113,7 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 	if opts.Warn == nil {
 		opts.Warn = func(msg string) { opts.Log.Warn(msg) }
 	}
-	root := &rootDir{statfsPath: filepath.Dir(images[0].Path())}
+	root := &rootDir{dir: hostDir{-1}}
 	var views []*qcow2.Image
 	fail := func(err error) (*rootDir, []*qcow2.Image, error) {
 		for _, v := range views {
@@ -161,7 +171,7 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 			if err := claim(img, name); err != nil {
 				return fail(err)
 			}
-			root.infos = append(root.infos, &infoFile{name: name, text: func() []byte { return opts.InfoText(img) }, statPath: img.Path()})
+			root.infos = append(root.infos, &infoFile{name: name, text: func() []byte { return opts.InfoText(img) }, img: img})
 		}
 	}
 	if opts.NoSnapshots {

@@ -1,0 +1,64 @@
+package fusefs
+
+import (
+	"fmt"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/qcow2fs/qcow2fs/qcow2"
+)
+
+// Once mounted, the daemon never looks anything up by path: the mount may
+// cover the images' own directory (cd /images && qcow2fs mount vm.qcow2 .),
+// and a stat(2) of a path under it would come back to this daemon as a
+// request it can only answer by asking itself — a deadlock. Attributes
+// therefore come from descriptors opened before the mount: the images' own
+// and one on the directory that holds them.
+
+// statImage fills st from the image file's descriptor.
+func statImage(img *qcow2.Image, st *syscall.Stat_t) error {
+	fi, err := img.Stat()
+	if err != nil {
+		return err
+	}
+	s, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("stat %s: no stat_t", img.Path())
+	}
+	*st = *s
+	return nil
+}
+
+// hostDir is the directory holding the (first) image, opened O_PATH
+// before the mount: the root directory's owner and times and the figures
+// df shows come from it.
+type hostDir struct{ fd int }
+
+func openHostDir(path string) (hostDir, error) {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return hostDir{-1}, fmt.Errorf("open %s: %w", path, err)
+	}
+	return hostDir{fd}, nil
+}
+
+func (d hostDir) stat(st *syscall.Stat_t) error {
+	if d.fd < 0 {
+		return syscall.EBADF
+	}
+	return syscall.Fstat(d.fd, st)
+}
+
+func (d hostDir) statfs(st *syscall.Statfs_t) error {
+	if d.fd < 0 {
+		return syscall.EBADF
+	}
+	return syscall.Fstatfs(d.fd, st)
+}
+
+func (d hostDir) close() {
+	if d.fd >= 0 {
+		unix.Close(d.fd)
+	}
+}
