@@ -200,21 +200,26 @@ func closeImages(images []*qcow2.Image) bool {
 }
 
 // foregroundReporter logs warnings to stderr (or the log file) and keeps
-// a failure to be printed the usual way ("qcow2fs: <message>").
-type foregroundReporter struct{ err error }
+// a failure to be printed the usual way ("qcow2fs: <message>"). verdict
+// runs once the mount is ready or has failed (it releases the mount locks).
+type foregroundReporter struct {
+	err     error
+	verdict func()
+}
 
 func (r *foregroundReporter) warn(msg string) { logrus.Warn(msg) }
-func (r *foregroundReporter) ready()          {}
-func (r *foregroundReporter) fail(err error)  { r.err = err }
+func (r *foregroundReporter) ready()          { r.verdict() }
+func (r *foregroundReporter) fail(err error)  { r.err = err; r.verdict() }
 
-// serveForeground serves in this process, attached to the terminal.
-func serveForeground(cfg *mountConfig) error {
+// serveForeground serves in this process, attached to the terminal;
+// verdict runs once the mount is ready or has failed.
+func serveForeground(cfg *mountConfig, verdict func()) error {
 	closeLog, err := setupLogging(cfg, false)
 	if err != nil {
 		return err
 	}
 	defer closeLog()
-	rep := &foregroundReporter{}
+	rep := &foregroundReporter{verdict: verdict}
 	if code := serve(cfg, rep); code != exitOK {
 		if rep.err != nil {
 			return rep.err
