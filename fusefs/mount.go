@@ -113,7 +113,7 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 	if opts.Warn == nil {
 		opts.Warn = func(msg string) { opts.Log.Warn(msg) }
 	}
-	root := &rootDir{dir: hostDir{-1}}
+	root := &rootDir{dir: hostDir{-1}, ro: opts.ReadOnly}
 	var views []*qcow2.Image
 	fail := func(err error) (*rootDir, []*qcow2.Image, error) {
 		for _, v := range views {

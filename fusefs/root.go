@@ -20,6 +20,8 @@ type rootDir struct {
 	// before the mount (hoststat.go): df on the mount reports its file
 	// system's figures, and the root shows its owner and times.
 	dir hostDir
+	// ro: the mount is read-only; namespace changes get EROFS, not EPERM.
+	ro bool
 }
 
 var (
