@@ -26,6 +26,7 @@ type Server struct {
 	views     []*qcow2.Image
 	logPipe   io.Closer // feeds go-fuse's log lines into logrus
 	dir       hostDir   // the root's host directory, closed with the views
+	health    *healthBook
 	closeOnce sync.Once
 }
 
@@ -43,7 +44,7 @@ func Mount(mountpoint string, images []*qcow2.Image, opts Options) (*Server, err
 	if err != nil {
 		return nil, err
 	}
-	srv := &Server{mountpoint: mountpoint, views: views, dir: hostDir{-1}}
+	srv := &Server{mountpoint: mountpoint, views: views, dir: hostDir{-1}, health: root.health}
 	// Opened before the mount, which may cover this very directory.
 	if root.dir, err = openHostDir(filepath.Dir(images[0].Path())); err != nil {
 		srv.closeViews()
@@ -87,9 +88,18 @@ func (s *Server) Wait() {
 	s.closeViews()
 }
 
+// Failed reports whether a panic put img out of service (guard.go): the
+// caller must then neither flush nor close it — either may wait for ever
+// on a lock the panic left held — and leave its file to the process's
+// exit, as after a crash.
+func (s *Server) Failed(img *qcow2.Image) bool { return s.health.failed(img) }
+
 func (s *Server) closeViews() {
 	s.closeOnce.Do(func() {
 		for _, v := range s.views {
+			if s.Failed(v) {
+				continue // its lock may be held for ever (guard.go)
+			}
 			v.Close()
 		}
 		s.dir.close()
@@ -113,7 +123,8 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 	if opts.Warn == nil {
 		opts.Warn = func(msg string) { opts.Log.Warn(msg) }
 	}
-	root := &rootDir{dir: hostDir{-1}, ro: opts.ReadOnly}
+	root := &rootDir{dir: hostDir{-1}, ro: opts.ReadOnly, health: &healthBook{}}
+	health := root.health
 	var views []*qcow2.Image
 	fail := func(err error) (*rootDir, []*qcow2.Image, error) {
 		for _, v := range views {
@@ -139,7 +150,9 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 		if err := claim(img, name); err != nil {
 			return err
 		}
-		root.files = append(root.files, newImageFile(img, name, opts.ReadOnly, opts.DirectIO, opts.Log))
+		f := newImageFile(img, name, opts.ReadOnly, opts.DirectIO, opts.Log)
+		f.health = health.of(img)
+		root.files = append(root.files, f)
 		return nil
 	}
 	stems := make([]string, len(images))
@@ -161,7 +174,9 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 				if err := claim(img, name); err != nil {
 					return fail(err)
 				}
-				root.files = append(root.files, newWindowFile(img, name, p.Start, p.Size, opts.ReadOnly, opts.DirectIO, opts.Log))
+				f := newWindowFile(img, name, p.Start, p.Size, opts.ReadOnly, opts.DirectIO, opts.Log)
+				f.health = health.of(img)
+				root.files = append(root.files, f)
 			}
 		}
 	}
@@ -171,7 +186,7 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 			if err := claim(img, name); err != nil {
 				return fail(err)
 			}
-			root.infos = append(root.infos, &infoFile{name: name, text: func() []byte { return opts.InfoText(img) }, img: img})
+			root.infos = append(root.infos, &infoFile{name: name, text: func() []byte { return opts.InfoText(img) }, img: img, health: health.of(img)})
 		}
 	}
 	if opts.NoSnapshots {
@@ -247,6 +262,9 @@ func fuseOptions(images []*qcow2.Image, opts Options) (*fs.Options, io.Closer) {
 			Logger:           goLog,
 			// The files have no extended attributes.
 			DisableXAttrs: true,
+			// A panic outside the image handlers (which recover
+			// themselves): EIO, logged, still serving.
+			PanicHandler: panicHandler(opts.Log),
 		},
 		EntryTimeout:    &entry,
 		NegativeTimeout: &neg,

@@ -22,6 +22,8 @@ type rootDir struct {
 	dir hostDir
 	// ro: the mount is read-only; namespace changes get EROFS, not EPERM.
 	ro bool
+	// health records the images a panic put out of service (guard.go).
+	health *healthBook
 }
 
 var (

@@ -26,8 +26,16 @@ import (
 // On timeout it aborts the FUSE connections of mounts, kills the command
 // and returns Code -1 with an error saying it hung.
 func bounded(d time.Duration, mounts []string, dir, name string, args ...string) result {
+	return boundedEnv(d, nil, mounts, dir, name, args...)
+}
+
+// boundedEnv is bounded with extra environment variables ("K=V").
+func boundedEnv(d time.Duration, env []string, mounts []string, dir, name string, args ...string) result {
 	cmd := exec.Command(name, args...)
 	cmd.Dir = dir
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {

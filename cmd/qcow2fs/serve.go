@@ -75,7 +75,7 @@ func serve(cfg *mountConfig, rep reporter) int {
 		Log:                log,
 	})
 	if err != nil {
-		closeImages(images)
+		closeImages(images, nil)
 		undo()
 		rep.fail(err)
 		return exitError
@@ -94,7 +94,7 @@ func serve(cfg *mountConfig, rep reporter) int {
 	waitUnmounted(srv, log)
 
 	code := exitOK
-	if !closeImages(images) {
+	if !closeImages(images, srv.Failed) {
 		code = exitError
 	}
 	removeRunState(cfg.Mountpoint)
@@ -159,7 +159,7 @@ func openImages(cfg *mountConfig, rep reporter) (images []*qcow2.Image, names []
 	for _, path := range cfg.Images {
 		img, err := qcow2.Open(path, opts)
 		if err != nil {
-			closeImages(images)
+			closeImages(images, nil)
 			return nil, nil, nil, openError(path, err)
 		}
 		images = append(images, img)
@@ -183,10 +183,18 @@ func openError(path string, err error) error {
 }
 
 // closeImages flushes and closes images, logging failures; it reports
-// whether everything went well.
-func closeImages(images []*qcow2.Image) bool {
+// whether everything went well. An image a panic put out of service
+// (failed) is left alone: flushing or closing it could wait for ever on a
+// lock the panic left held, and its metadata may be half-changed. Its file
+// is released when the daemon exits, as after a crash.
+func closeImages(images []*qcow2.Image, failed func(*qcow2.Image) bool) bool {
 	ok := true
 	for _, img := range images {
+		if failed != nil && failed(img) {
+			logrus.Errorf("%s: not flushed or closed: out of service since a panic (see above); released when the daemon exits, like after a crash", img.Path())
+			ok = false
+			continue
+		}
 		if err := img.Flush(); err != nil {
 			logrus.Errorf("flush %s: %v", img.Path(), err)
 			ok = false
