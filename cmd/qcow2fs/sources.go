@@ -271,7 +271,8 @@ func (s *imageSet) same(path string) string {
 // daemon's run state lists its images exactly; without one the mount's
 // source is all there is: the canonical path of the image or directory, or
 // several joined with commas — which a comma inside a path makes
-// ambiguous, so the whole source is tried before its pieces.
+// ambiguous, so a source that names an existing file is taken whole, and
+// only one that does not is split.
 func (s *imageSet) usedBy(h mountHealth, fsName string) string {
 	if rs := h.RS; rs != nil {
 		held := append([]string{}, rs.Images...)
@@ -290,7 +291,8 @@ func (s *imageSet) usedBy(h mountHealth, fsName string) string {
 		return src
 	}
 	pieces := []string{src}
-	if strings.Contains(src, ",") {
+	if _, err := os.Stat(src); err != nil && strings.Contains(src, ",") {
+		// Not one path: several joined.
 		pieces = append(pieces, strings.Split(src, ",")...)
 	}
 	for _, p := range pieces {
