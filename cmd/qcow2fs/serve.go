@@ -102,13 +102,15 @@ func serve(cfg *mountConfig, rep reporter) int {
 	return code
 }
 
-// waitUnmounted serves until the mount goes away. SIGINT/SIGTERM ask for
-// an unmount; while a file is in use (open, or a loop device attached) the
-// kernel refuses, and serving goes on — a lazy unmount would cut off a
-// loop device in the middle of its I/O.
+// waitUnmounted serves until the mount goes away. SIGINT, SIGTERM and
+// SIGQUIT ask for an unmount; while a file is in use (open, or a loop
+// device attached) the kernel refuses, and serving goes on — a lazy
+// unmount would cut off a loop device in the middle of its I/O. (Go's own
+// answer to SIGQUIT, a goroutine dump and exit, would leave a dead mount
+// and the metadata still cached unwritten.)
 func waitUnmounted(srv *fusefs.Server, log *logrus.Logger) {
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT)
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 	done := make(chan struct{})
 	go func() {
@@ -123,7 +125,7 @@ func waitUnmounted(srv *fusefs.Server, log *logrus.Logger) {
 			// left in its cgroup right after umount) must not cut that
 			// short and lose the metadata still cached.
 			signal.Stop(sigs)
-			signal.Ignore(syscall.SIGINT, syscall.SIGTERM)
+			signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT)
 			return
 		case sig := <-sigs:
 			log.Infof("%v: unmounting %s", sig, srv.Mountpoint())
