@@ -141,6 +141,17 @@ func TestStoppedDaemon(t *testing.T) {
 			}
 		}
 	})
+	t.Run("directory-source-holding-it", func(t *testing.T) {
+		// A directory given as the source is scanned for images; the
+		// stopped mount point is one of its entries.
+		top := dir + "/top.qcow2"
+		qemuCreate(t, top, "1M", "", "", "")
+		mustBounded(t, prompt, suspects, "", qcow2fsBin, "mount", "--ro", dir, mntB)
+		if ls := listDir(t, mntB); strings.Join(ls, " ") != "top.info top.raw" {
+			t.Errorf("mount of the directory shows %v", ls)
+		}
+		mustBounded(t, prompt, suspects, "", qcow2fsBin, "unmount", mntB)
+	})
 	t.Run("no-run-state", func(t *testing.T) {
 		// Without its run-state file (a mount by another user, or
 		// another build) only the probe can tell: it gives up in time.

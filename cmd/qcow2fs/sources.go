@@ -79,6 +79,11 @@ func scanImageDir(dir string) ([]string, error) {
 	}
 	var out []string
 	for _, e := range ents {
+		if e.IsDir() {
+			// Not an image, and not to be stat()ed: it may be the mount
+			// point of a file system whose daemon does not answer.
+			continue
+		}
 		p := filepath.Join(dir, e.Name())
 		st, err := os.Stat(p) // follows symlinks to images
 		if err != nil || !st.Mode().IsRegular() {
