@@ -30,13 +30,22 @@ func statImage(img *qcow2.Image, st *syscall.Stat_t) error {
 	return nil
 }
 
-// hostDir is the directory holding the (first) image, opened O_PATH
-// before the mount: the root directory's owner and times and the figures
-// df shows come from it.
+// hostDir is the directory holding the (first) image, opened before the
+// mount: the root directory's owner and times and the figures df shows
+// come from it. It is never read; O_NOATIME says so to anyone auditing the
+// daemon's descriptors (forensic mounts), and O_PATH is the fallback for a
+// directory we may search but not read.
 type hostDir struct{ fd int }
 
 func openHostDir(path string) (hostDir, error) {
-	fd, err := unix.Open(path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	const flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC
+	fd, err := unix.Open(path, flags|unix.O_NOATIME, 0)
+	if err == unix.EPERM { // O_NOATIME: only for the owner (or root)
+		fd, err = unix.Open(path, flags, 0)
+	}
+	if err == unix.EACCES {
+		fd, err = unix.Open(path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	}
 	if err != nil {
 		return hostDir{-1}, fmt.Errorf("open %s: %w", path, err)
 	}
