@@ -34,6 +34,10 @@ type imageFile struct {
 	base, length int64
 	whole        bool
 
+	// health is shared by every file of the image: a panic in a request
+	// puts the image out of service (guard.go).
+	health *imageHealth
+
 	// writeGen counts completed modifications; flushedGen is the count the
 	// last successful flush covered. close() and fsync() only pay for an
 	// fdatasync when something was written since. flushMu serialises
@@ -107,7 +111,11 @@ func (f *imageFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint
 
 // Read fills dest straight from the image; go-fuse owns dest, so no copy or
 // buffer pool is needed. A read crossing the end of the disk is short.
-func (f *imageFile) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+func (f *imageFile) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (_ fuse.ReadResult, errno syscall.Errno) {
+	if !f.health.ok() {
+		return nil, outOfService
+	}
+	defer f.guard("read", off, &errno)
 	size := f.size()
 	if off >= size || len(dest) == 0 {
 		return fuse.ReadResultData(nil), 0
@@ -126,10 +134,14 @@ func (f *imageFile) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off 
 // Write stores data at off. A write crossing the end of the virtual disk is
 // cut short there and one starting at or past it fails with ENOSPC, as on a
 // block device: the disk never grows.
-func (f *imageFile) Write(ctx context.Context, _ fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+func (f *imageFile) Write(ctx context.Context, _ fs.FileHandle, data []byte, off int64) (_ uint32, errno syscall.Errno) {
 	if f.ro {
 		return 0, syscall.EROFS
 	}
+	if !f.health.ok() {
+		return 0, outOfService
+	}
+	defer f.guard("write", off, &errno)
 	if len(data) == 0 {
 		return 0, 0
 	}
@@ -161,10 +173,15 @@ func (f *imageFile) Fsync(ctx context.Context, _ fs.FileHandle, flags uint32) sy
 	return f.flush("fsync")
 }
 
-func (f *imageFile) flush(op string) syscall.Errno {
+func (f *imageFile) flush(op string) (errno syscall.Errno) {
 	if f.ro {
 		return 0
 	}
+	if !f.health.ok() {
+		// What was written may not be durable, and never will be.
+		return outOfService
+	}
+	defer f.guard(op, 0, &errno)
 	gen := f.writeGen.Load() // every write completed before this call
 	f.flushMu.Lock()
 	defer f.flushMu.Unlock()
@@ -267,7 +284,11 @@ const (
 
 // Lseek answers SEEK_DATA and SEEK_HOLE from the image's block status, so
 // that cp --sparse, tar -S and qemu-img see the holes.
-func (f *imageFile) Lseek(ctx context.Context, _ fs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+func (f *imageFile) Lseek(ctx context.Context, _ fs.FileHandle, off uint64, whence uint32) (_ uint64, errno syscall.Errno) {
+	if !f.health.ok() {
+		return 0, outOfService
+	}
+	defer f.guard("lseek", int64(off), &errno)
 	size := f.size()
 	if off >= uint64(size) {
 		return 0, syscall.ENXIO
@@ -305,10 +326,14 @@ const (
 // Allocate implements fallocate(2): punching a hole discards, zeroing a
 // range writes zeroes (as flags where the format can), and plain
 // preallocation inside the disk is a no-op since the disk never grows.
-func (f *imageFile) Allocate(ctx context.Context, _ fs.FileHandle, off, length uint64, mode uint32) syscall.Errno {
+func (f *imageFile) Allocate(ctx context.Context, _ fs.FileHandle, off, length uint64, mode uint32) (errno syscall.Errno) {
 	if f.ro {
 		return syscall.EROFS
 	}
+	if !f.health.ok() {
+		return outOfService
+	}
+	defer f.guard("fallocate", int64(off), &errno)
 	size := uint64(f.size())
 	end := off + length
 	if end < off {

@@ -21,8 +21,9 @@ type infoFile struct {
 	text func() []byte
 	// The owner, group and mode (read bits only) of the image: whoever may
 	// read the image may read this.
-	img  *qcow2.Image
-	perm PermFunc
+	img    *qcow2.Image
+	perm   PermFunc
+	health *imageHealth // the image's (guard.go)
 }
 
 var (
@@ -34,10 +35,14 @@ var (
 // infoHandle holds the text one open reads.
 type infoHandle struct{ text []byte }
 
-func (f *infoFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+func (f *infoFile) Open(ctx context.Context, flags uint32) (_ fs.FileHandle, _ uint32, errno syscall.Errno) {
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EROFS
 	}
+	if !f.health.ok() {
+		return nil, 0, outOfService
+	}
+	defer f.guard("open", &errno)
 	// Direct I/O: the kernel must not cut reads at a size it cached from an
 	// earlier, shorter text, nor serve an old text from its page cache.
 	return &infoHandle{text: f.text()}, fuse.FOPEN_DIRECT_IO, 0
@@ -55,13 +60,14 @@ func (f *infoFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 	return fuse.ReadResultData(h.text[off:end]), 0
 }
 
-func (f *infoFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+func (f *infoFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) (errno syscall.Errno) {
+	defer f.guard("getattr", &errno)
 	st := imageStat(f.img)
 	out.FromStat(st)
 	n := 0
 	if h, ok := fh.(*infoHandle); ok {
 		n = len(h.text)
-	} else {
+	} else if f.health.ok() {
 		n = len(f.text())
 	}
 	out.Size = uint64(n)

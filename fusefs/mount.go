@@ -26,6 +26,8 @@ type Server struct {
 	// images stay the caller's to flush and close.
 	views     []*qcow2.Image
 	logPipe   io.Closer // feeds go-fuse's log lines into logrus
+	dir       hostDir   // the root's host directory, closed with the views
+	health    *healthBook
 	closeOnce sync.Once
 }
 
@@ -43,7 +45,13 @@ func Mount(mountpoint string, images []*qcow2.Image, opts Options) (*Server, err
 	if err != nil {
 		return nil, err
 	}
-	srv := &Server{mountpoint: mountpoint, views: views}
+	srv := &Server{mountpoint: mountpoint, views: views, dir: hostDir{-1}, health: root.health}
+	// Opened before the mount, which may cover this very directory.
+	if root.dir, err = openHostDir(filepath.Dir(images[0].Path())); err != nil {
+		srv.closeViews()
+		return nil, err
+	}
+	srv.dir = root.dir
 	fsOpts, logPipe := fuseOptions(images, opts)
 	srv.logPipe = logPipe
 	// What fs.Mount does, with room to wrap the node file system.
@@ -81,12 +89,24 @@ func (s *Server) Wait() {
 	s.closeViews()
 }
 
+// Failed reports whether a panic put img out of service (guard.go): the
+// caller must then neither flush nor close it — either may wait for ever
+// on a lock the panic left held — and leave its file to the process's
+// exit, as after a crash.
+func (s *Server) Failed(img *qcow2.Image) bool { return s.health.failed(img) }
+
 func (s *Server) closeViews() {
 	s.closeOnce.Do(func() {
 		for _, v := range s.views {
+			if s.Failed(v) {
+				continue // its lock may be held for ever (guard.go)
+			}
 			v.Close()
 		}
-		s.logPipe.Close()
+		s.dir.close()
+		if s.logPipe != nil {
+			s.logPipe.Close()
+		}
 	})
 }
 
@@ -104,7 +124,8 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 	if opts.Warn == nil {
 		opts.Warn = func(msg string) { opts.Log.Warn(msg) }
 	}
-	root := &rootDir{statfsPath: filepath.Dir(images[0].Path())}
+	root := &rootDir{dir: hostDir{-1}, ro: opts.ReadOnly, health: &healthBook{}}
+	health := root.health
 	var views []*qcow2.Image
 	fail := func(err error) (*rootDir, []*qcow2.Image, error) {
 		for _, v := range views {
@@ -130,7 +151,9 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 		if err := claim(img, name); err != nil {
 			return err
 		}
-		root.files = append(root.files, newImageFile(img, name, &opts))
+		f := newImageFile(img, name, &opts)
+		f.health = health.of(img)
+		root.files = append(root.files, f)
 		return nil
 	}
 	stems := make([]string, len(images))
@@ -152,7 +175,9 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 				if err := claim(img, name); err != nil {
 					return fail(err)
 				}
-				root.files = append(root.files, newWindowFile(img, name, p.Start, p.Size, &opts))
+				f := newWindowFile(img, name, p.Start, p.Size, &opts)
+				f.health = health.of(img)
+				root.files = append(root.files, f)
 			}
 		}
 	}
@@ -162,7 +187,7 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 			if err := claim(img, name); err != nil {
 				return fail(err)
 			}
-			root.infos = append(root.infos, &infoFile{name: name, text: func() []byte { return opts.InfoText(img) }, img: img, perm: opts.Perm})
+			root.infos = append(root.infos, &infoFile{name: name, text: func() []byte { return opts.InfoText(img) }, img: img, perm: opts.Perm, health: health.of(img)})
 		}
 	}
 	if opts.NoSnapshots {
@@ -262,6 +287,9 @@ func fuseOptions(images []*qcow2.Image, opts Options) (*fs.Options, io.Closer) {
 			Logger:           goLog,
 			// The files have no extended attributes.
 			DisableXAttrs: true,
+			// A panic outside the image handlers (which recover
+			// themselves): EIO, logged, still serving.
+			PanicHandler: panicHandler(opts.Log),
 		},
 		EntryTimeout:    &entry,
 		NegativeTimeout: &neg,

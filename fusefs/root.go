@@ -16,9 +16,14 @@ type rootDir struct {
 
 	files []*imageFile
 	infos []*infoFile
-	// statfsPath is a path on the host file system that holds the images;
-	// df on the mount reports that file system's figures.
-	statfsPath string
+	// dir is the host directory that holds the (first) image, opened
+	// before the mount (hoststat.go): df on the mount reports its file
+	// system's figures, and the root shows its owner and times.
+	dir hostDir
+	// ro: the mount is read-only; namespace changes get EROFS, not EPERM.
+	ro bool
+	// health records the images a panic put out of service (guard.go).
+	health *healthBook
 }
 
 var (
@@ -45,7 +50,7 @@ func (r *rootDir) OnAdd(ctx context.Context) {
 
 func (r *rootDir) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	var st syscall.Statfs_t
-	if err := syscall.Statfs(r.statfsPath, &st); err != nil {
+	if err := r.dir.statfs(&st); err != nil {
 		return fs.ToErrno(err)
 	}
 	out.FromStatfsT(&st)
@@ -54,7 +59,7 @@ func (r *rootDir) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno
 
 func (r *rootDir) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	var st syscall.Stat_t
-	if err := syscall.Stat(r.statfsPath, &st); err == nil {
+	if err := r.dir.stat(&st); err == nil {
 		out.FromStat(&st)
 	}
 	out.Ino = 1

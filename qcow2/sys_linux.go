@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"syscall"
@@ -9,16 +10,54 @@ import (
 )
 
 // openNoAtime opens with O_NOATIME where permitted (owner or root), so that
-// even a read-only open leaves the file's times alone.
+// even a read-only open leaves the file's times alone. Only a regular file
+// is opened: a FIFO would block the open until a writer comes (for ever),
+// and a device is no image file. The open itself is O_NONBLOCK, so that
+// a FIFO swapped in after the check cannot block it either; the flag is
+// cleared before the file is used.
 func openNoAtime(path string, flag int) (*os.File, error) {
-	f, err := os.OpenFile(path, flag|syscall.O_NOATIME|syscall.O_CLOEXEC, 0)
+	if st, err := os.Stat(path); err == nil && !st.Mode().IsRegular() {
+		return nil, &os.PathError{Op: "open", Path: path, Err: notRegular(st.Mode())}
+	}
+	flag |= syscall.O_CLOEXEC | syscall.O_NONBLOCK
+	fd, err := unix.Open(path, flag|syscall.O_NOATIME, 0)
+	if err == unix.EPERM {
+		fd, err = unix.Open(path, flag, 0)
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), path)
+	st, err := f.Stat()
+	if err == nil && !st.Mode().IsRegular() {
+		err = notRegular(st.Mode())
+	}
 	if err == nil {
-		return f, nil
+		err = unix.SetNonblock(fd, false)
 	}
-	if pe, ok := err.(*os.PathError); ok && pe.Err == syscall.EPERM {
-		return os.OpenFile(path, flag|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		f.Close()
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	return nil, err
+	return f, nil
+}
+
+// notRegular says what a path that should be an image file is instead.
+func notRegular(m os.FileMode) error {
+	what := "not a regular file"
+	switch {
+	case m&os.ModeNamedPipe != 0:
+		what = "a FIFO (named pipe), not a regular file"
+	case m&os.ModeCharDevice != 0:
+		what = "a character device, not a regular file"
+	case m&os.ModeDevice != 0:
+		what = "a block device, not a regular file"
+	case m&os.ModeSocket != 0:
+		what = "a socket, not a regular file"
+	case m.IsDir():
+		what = "a directory, not a regular file"
+	}
+	return errors.New(what)
 }
 
 func fdatasync(f *os.File) error { return unix.Fdatasync(int(f.Fd())) }

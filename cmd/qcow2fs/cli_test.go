@@ -13,9 +13,12 @@ import (
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
-// TestMain lets the test binary play the daemon: startDaemon re-executes
-// /proc/self/exe, which here is the test binary.
+// TestMain lets the test binary play the daemon and the probe: startDaemon
+// and probeMount re-execute /proc/self/exe, which here is the test binary.
 func TestMain(m *testing.M) {
+	if isProbeChild() {
+		os.Exit(runProbeChild())
+	}
 	if isDaemonChild() {
 		os.Exit(runDaemonChild())
 	}

@@ -65,6 +65,9 @@ var commands = map[string]func(args []string) error{
 }
 
 func main() {
+	if isProbeChild() {
+		os.Exit(runProbeChild())
+	}
 	if isDaemonChild() {
 		os.Exit(runDaemonChild())
 	}

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/qcow2fs/qcow2fs/qcow2"
@@ -355,11 +356,22 @@ func useOf(rs *runState, target string, same func(string) bool) (imageUse, bool)
 }
 
 // holderPIDs lists "pid N (comm)" for the processes other than this one
-// that have the file at target open.
+// that have the file at target open. Only descriptors on the target's own
+// file system are stat()ed (fdinfo's mnt_id says where each one lives): a
+// stat of a file on a FUSE mount whose daemon is stopped or hung would
+// never return.
 func holderPIDs(target string) []string {
 	tst, err := os.Stat(target)
 	if err != nil {
 		return nil
+	}
+	dev := tst.Sys().(*syscall.Stat_t).Dev
+	onDev := map[string]bool{} // mount ids of mounts of the target's file system
+	entries, _ := readMountinfo()
+	for _, e := range entries {
+		if e.Dev == dev {
+			onDev[strconv.Itoa(e.ID)] = true
+		}
 	}
 	procs, _ := os.ReadDir("/proc")
 	var out []string
@@ -374,6 +386,9 @@ func holderPIDs(target string) []string {
 			continue
 		}
 		for _, fd := range fds {
+			if !onDev[fdMountID(pe.Name(), fd.Name())] {
+				continue
+			}
 			st, err := os.Stat(filepath.Join(fdDir, fd.Name()))
 			if err == nil && os.SameFile(st, tst) {
 				comm, _ := os.ReadFile(filepath.Join("/proc", pe.Name(), "comm"))
@@ -383,6 +398,20 @@ func holderPIDs(target string) []string {
 		}
 	}
 	return out
+}
+
+// fdMountID returns the mnt_id line of /proc/PID/fdinfo/FD ("" if unknown).
+func fdMountID(pid, fd string) string {
+	b, err := os.ReadFile(filepath.Join("/proc", pid, "fdinfo", fd))
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "mnt_id:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 // maintError turns an error from a qcow2 maintenance function into the

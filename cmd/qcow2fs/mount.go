@@ -154,6 +154,18 @@ func mount(cfg *mountConfig, sources []string, mountpoint string, fake bool) err
 	if cfg.Mountpoint, err = resolveMountpoint(mountpoint); err != nil {
 		return err
 	}
+	// From the check that nothing is mounted until the mount is ready (or
+	// has failed), no other mount of this mount point or these images may
+	// pass the same check (mountlock.go).
+	lockFiles := images
+	if cfg.Overlay != "" {
+		lockFiles = append([]string{cfg.Overlay}, images...)
+	}
+	locks, err := lockMount(cfg.Mountpoint, lockFiles)
+	if err != nil {
+		return err
+	}
+	defer locks.release()
 	if err := checkNotMounted(cfg.Mountpoint, images, fsName); err != nil {
 		return err
 	}
@@ -166,7 +178,7 @@ func mount(cfg *mountConfig, sources []string, mountpoint string, fake bool) err
 		return nil
 	}
 	if cfg.Foreground {
-		return serveForeground(cfg)
+		return serveForeground(cfg, locks.release)
 	}
 	return startDaemon(cfg)
 }

@@ -5,10 +5,14 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // mountEntry is one line of /proc/self/mountinfo.
 type mountEntry struct {
+	ID         int    // mount id (fdinfo's mnt_id)
+	Dev        uint64 // st_dev of the files on it
 	MountPoint string
 	Options    string // per-mount options (ro, nodev, ...)
 	FsType     string // e.g. fuse.qcow2fs
@@ -44,7 +48,16 @@ func parseMountinfo(s string) ([]mountEntry, error) {
 		if len(f) < 7 || sep < 0 || sep+2 >= len(f) {
 			return nil, fmt.Errorf("malformed mountinfo line %q", line)
 		}
+		id, err1 := strconv.Atoi(f[0])
+		maj, min, ok := strings.Cut(f[2], ":")
+		ma, err2 := strconv.ParseUint(maj, 10, 32)
+		mi, err3 := strconv.ParseUint(min, 10, 32)
+		if err1 != nil || !ok || err2 != nil || err3 != nil {
+			return nil, fmt.Errorf("malformed mountinfo line %q", line)
+		}
 		out = append(out, mountEntry{
+			ID:         id,
+			Dev:        unix.Mkdev(uint32(ma), uint32(mi)),
 			MountPoint: unescapeMount(f[4]),
 			Options:    f[5],
 			FsType:     f[sep+1],

@@ -1,6 +1,10 @@
 package main
 
-import "testing"
+import (
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
 
 func TestParseMountinfo(t *testing.T) {
 	const in = `22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
@@ -14,7 +18,7 @@ func TestParseMountinfo(t *testing.T) {
 	if len(got) != 3 {
 		t.Fatalf("%d entries, want 3", len(got))
 	}
-	want := mountEntry{MountPoint: "/mnt/my disk", Options: "ro,nosuid,nodev,noexec,relatime", FsType: fsType, Source: "/srv/vm images/a.qcow2"}
+	want := mountEntry{ID: 95, Dev: unix.Mkdev(0, 45), MountPoint: "/mnt/my disk", Options: "ro,nosuid,nodev,noexec,relatime", FsType: fsType, Source: "/srv/vm images/a.qcow2"}
 	if got[1] != want {
 		t.Errorf("got %+v, want %+v", got[1], want)
 	}

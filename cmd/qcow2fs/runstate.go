@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sirupsen/logrus"
 )
@@ -130,4 +131,44 @@ func procStat(pid int) (state string, start uint64, err error) {
 	}
 	start, err = strconv.ParseUint(f[startTimeField], 10, 64)
 	return f[0], start, err
+}
+
+// stopped reports whether the recorded daemon is stopped (SIGSTOP, or a
+// debugger): it answers nothing until continued.
+func (st *runState) stopped() bool {
+	state, t, err := procStat(st.PID)
+	return err == nil && t == st.StartTime && (state == "T" || state == "t")
+}
+
+// sweepRunStates removes the run-state files of daemons that are gone
+// (killed, crashed: they never removed their own), so that they do not
+// outlive the next status. Files of live daemons stay, also while they
+// flush after an unmount.
+func sweepRunStates() {
+	dir := runStateDir()
+	if dir == "" {
+		return
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.json"))
+	for _, f := range files {
+		rs := loadRunState(f)
+		if rs == nil {
+			// Unreadable or half-written: only a writer that died between
+			// write and rename leaves a .tmp; a .json is always whole, so
+			// one that does not parse is garbage.
+			if _, err := os.Stat(f); err == nil {
+				os.Remove(f)
+			}
+			continue
+		}
+		if !rs.alive() {
+			os.Remove(f)
+		}
+	}
+	tmps, _ := filepath.Glob(filepath.Join(dir, "*.json.tmp"))
+	for _, f := range tmps {
+		if st, err := os.Stat(f); err == nil && time.Since(st.ModTime()) > time.Minute {
+			os.Remove(f)
+		}
+	}
 }

@@ -77,7 +77,7 @@ func serve(cfg *mountConfig, rep reporter) int {
 		Log:                log,
 	})
 	if err != nil {
-		closeImages(images)
+		closeImages(images, nil)
 		undo()
 		rep.fail(err)
 		return exitError
@@ -96,7 +96,7 @@ func serve(cfg *mountConfig, rep reporter) int {
 	waitUnmounted(srv, log)
 
 	code := exitOK
-	if !closeImages(images) {
+	if !closeImages(images, srv.Failed) {
 		code = exitError
 	}
 	removeRunState(cfg.Mountpoint)
@@ -104,13 +104,15 @@ func serve(cfg *mountConfig, rep reporter) int {
 	return code
 }
 
-// waitUnmounted serves until the mount goes away. SIGINT/SIGTERM ask for
-// an unmount; while a file is in use (open, or a loop device attached) the
-// kernel refuses, and serving goes on — a lazy unmount would cut off a
-// loop device in the middle of its I/O.
+// waitUnmounted serves until the mount goes away. SIGINT, SIGTERM and
+// SIGQUIT ask for an unmount; while a file is in use (open, or a loop
+// device attached) the kernel refuses, and serving goes on — a lazy
+// unmount would cut off a loop device in the middle of its I/O. (Go's own
+// answer to SIGQUIT, a goroutine dump and exit, would leave a dead mount
+// and the metadata still cached unwritten.)
 func waitUnmounted(srv *fusefs.Server, log *logrus.Logger) {
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT)
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 	done := make(chan struct{})
 	go func() {
@@ -125,7 +127,7 @@ func waitUnmounted(srv *fusefs.Server, log *logrus.Logger) {
 			// left in its cgroup right after umount) must not cut that
 			// short and lose the metadata still cached.
 			signal.Stop(sigs)
-			signal.Ignore(syscall.SIGINT, syscall.SIGTERM)
+			signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT)
 			return
 		case sig := <-sigs:
 			log.Infof("%v: unmounting %s", sig, srv.Mountpoint())
@@ -177,7 +179,7 @@ func openImages(cfg *mountConfig, rep reporter) (images []*qcow2.Image, names []
 		opts.CheckFile = guard.check
 		img, err := qcow2.Open(path, opts)
 		if err != nil {
-			closeImages(images)
+			closeImages(images, nil)
 			return nil, nil, nil, nil, openError(path, err)
 		}
 		sources[img.Path()] = guard.sources
@@ -202,10 +204,18 @@ func openError(path string, err error) error {
 }
 
 // closeImages flushes and closes images, logging failures; it reports
-// whether everything went well.
-func closeImages(images []*qcow2.Image) bool {
+// whether everything went well. An image a panic put out of service
+// (failed) is left alone: flushing or closing it could wait for ever on a
+// lock the panic left held, and its metadata may be half-changed. Its file
+// is released when the daemon exits, as after a crash.
+func closeImages(images []*qcow2.Image, failed func(*qcow2.Image) bool) bool {
 	ok := true
 	for _, img := range images {
+		if failed != nil && failed(img) {
+			logrus.Errorf("%s: not flushed or closed: out of service since a panic (see above); released when the daemon exits, like after a crash", img.Path())
+			ok = false
+			continue
+		}
 		if err := img.Flush(); err != nil {
 			logrus.Errorf("flush %s: %v", img.Path(), err)
 			ok = false
@@ -219,21 +229,26 @@ func closeImages(images []*qcow2.Image) bool {
 }
 
 // foregroundReporter logs warnings to stderr (or the log file) and keeps
-// a failure to be printed the usual way ("qcow2fs: <message>").
-type foregroundReporter struct{ err error }
+// a failure to be printed the usual way ("qcow2fs: <message>"). verdict
+// runs once the mount is ready or has failed (it releases the mount locks).
+type foregroundReporter struct {
+	err     error
+	verdict func()
+}
 
 func (r *foregroundReporter) warn(msg string) { logrus.Warn(msg) }
-func (r *foregroundReporter) ready()          {}
-func (r *foregroundReporter) fail(err error)  { r.err = err }
+func (r *foregroundReporter) ready()          { r.verdict() }
+func (r *foregroundReporter) fail(err error)  { r.err = err; r.verdict() }
 
-// serveForeground serves in this process, attached to the terminal.
-func serveForeground(cfg *mountConfig) error {
+// serveForeground serves in this process, attached to the terminal;
+// verdict runs once the mount is ready or has failed.
+func serveForeground(cfg *mountConfig, verdict func()) error {
 	closeLog, err := setupLogging(cfg, false)
 	if err != nil {
 		return err
 	}
 	defer closeLog()
-	rep := &foregroundReporter{}
+	rep := &foregroundReporter{verdict: verdict}
 	if code := serve(cfg, rep); code != exitOK {
 		if rep.err != nil {
 			return rep.err

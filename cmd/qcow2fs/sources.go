@@ -10,8 +10,6 @@ import (
 	"sort"
 	"strings"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // qcow2Magic starts every qcow2 file ("QFI\xfb").
@@ -81,6 +79,11 @@ func scanImageDir(dir string) ([]string, error) {
 	}
 	var out []string
 	for _, e := range ents {
+		if e.IsDir() {
+			// Not an image, and not to be stat()ed: it may be the mount
+			// point of a file system whose daemon does not answer.
+			continue
+		}
 		p := filepath.Join(dir, e.Name())
 		st, err := os.Stat(p) // follows symlinks to images
 		if err != nil || !st.Mode().IsRegular() {
@@ -110,20 +113,26 @@ func hasQcow2Magic(path string) bool {
 
 // resolveMountpoint makes the mount point absolute and canonical (the form
 // /proc/self/mountinfo shows). A mount point left behind by a daemon that
-// died ("transport endpoint is not connected") is unmounted first.
+// died ("transport endpoint is not connected") is unmounted first. What is
+// mounted there is judged from mountinfo, run state and a bounded probe
+// before anything looks at the path: a stat of a mount whose daemon is
+// stopped or hung would never return.
 func resolveMountpoint(arg string) (string, error) {
 	abs, err := filepath.Abs(arg)
 	if err != nil {
 		return "", err
 	}
-	if deadMount(abs) {
-		if err := cleanupStaleMount(abs); err != nil {
-			return "", err
-		}
+	if err := checkMountedAt(abs); err != nil {
+		return "", err
 	}
 	real, err := filepath.EvalSymlinks(abs)
 	if err != nil {
 		return "", fmt.Errorf("mount point %s: %w", arg, unwrapPathError(err))
+	}
+	if real != abs {
+		if err := checkMountedAt(real); err != nil {
+			return "", err
+		}
 	}
 	st, err := os.Stat(real)
 	if err != nil {
@@ -135,13 +144,37 @@ func resolveMountpoint(arg string) (string, error) {
 	return real, nil
 }
 
-// deadMount reports whether mp is a FUSE mount whose daemon is gone. It
-// asks with statfs(2), which the kernel always forwards to the daemon: a
-// stat(2) may be answered from attributes the kernel cached before the
-// daemon died, and then the mount looks alive for another second.
-func deadMount(mp string) bool {
-	var st unix.Statfs_t
-	return errors.Is(unix.Statfs(mp, &st), syscall.ENOTCONN)
+// checkMountedAt refuses a mount point that holds a live qcow2fs mount,
+// cleans up a stale one, and refuses one whose FUSE daemon does not answer
+// (looking into it would wait forever).
+func checkMountedAt(mp string) error {
+	entries, err := readMountinfo()
+	if err != nil {
+		return err
+	}
+	e, ok := findMount(entries, mp)
+	if !ok {
+		return nil
+	}
+	if e.FsType == fsType {
+		h := assessMounts([]mountEntry{e}, false)[0]
+		switch h.State {
+		case stateStale:
+			return cleanupStaleMount(mp)
+		case stateNotResponding:
+			return fmt.Errorf("%s is already a qcow2fs mount (of %s), and %s", mp, e.Source, h.Why)
+		}
+		return fmt.Errorf("%s is already a qcow2fs mount (of %s)", mp, e.Source)
+	}
+	if strings.HasPrefix(e.FsType, "fuse") {
+		switch probeMount(mp, probeTimeout) {
+		case probeTimedOut:
+			return fmt.Errorf("mount point %s: the %s file system mounted there does not answer", mp, e.FsType)
+		case probeDead:
+			return fmt.Errorf("mount point %s: transport endpoint is not connected (%s mount of %s; its daemon died)", mp, e.FsType, e.Source)
+		}
+	}
+	return nil
 }
 
 // cleanupStaleMount unmounts a FUSE mount whose daemon is gone. Nothing
@@ -153,7 +186,7 @@ func cleanupStaleMount(mp string) error {
 	}
 	e, ok := findMount(entries, mp)
 	if !ok {
-		return fmt.Errorf("mount point %s: transport endpoint is not connected, but nothing is mounted there", mp)
+		return nil // someone else cleaned it up meanwhile
 	}
 	fmt.Fprintf(os.Stderr, "qcow2fs: warning: %s is a stale %s mount of %s (its daemon died); unmounting it\n", mp, e.FsType, e.Source)
 	if err := syscall.Unmount(mp, syscall.MNT_DETACH); err != nil {
@@ -165,44 +198,117 @@ func cleanupStaleMount(mp string) error {
 }
 
 // checkNotMounted refuses a mount point that already holds a qcow2fs mount
-// and images that are already mounted elsewhere.
+// and images that are already mounted elsewhere, and cleans up the mounts
+// of daemons that died. It never waits on another mount: a daemon on
+// record that is alive counts as mounted without being asked, and only
+// mounts without one are probed, within a bound.
 func checkNotMounted(mountpoint string, images []string, fsName string) error {
-	entries, err := readMountinfo()
+	entries, err := qcow2fsMounts()
 	if err != nil {
 		return err
 	}
-	want := map[string]bool{}
-	for _, s := range strings.Split(fsName, ",") {
-		want[s] = true
-	}
-	for _, img := range images {
-		if r, err := filepath.EvalSymlinks(img); err == nil {
-			// The image itself, or its directory mounted as a source.
-			want[r] = true
-			want[filepath.Dir(r)] = true
-		}
-	}
-	for _, e := range entries {
-		if e.FsType != fsType {
-			continue
-		}
-		if deadMount(e.MountPoint) {
+	mine := newImageSet(images)
+	for _, h := range assessMounts(entries, false) {
+		e := h.Entry
+		if h.State == stateStale {
 			// Its daemon died: the images are free again.
 			if err := cleanupStaleMount(e.MountPoint); err != nil {
 				return err
 			}
 			continue
 		}
-		if e.MountPoint == mountpoint {
-			return fmt.Errorf("%s is already a qcow2fs mount (of %s)", mountpoint, e.Source)
+		why := ""
+		if h.State == stateNotResponding {
+			why = "; " + h.Why
 		}
-		for _, s := range strings.Split(e.Source, ",") {
-			if want[s] {
-				return fmt.Errorf("%s is already mounted at %s", s, e.MountPoint)
-			}
+		if e.MountPoint == mountpoint {
+			return fmt.Errorf("%s is already a qcow2fs mount (of %s)%s", mountpoint, e.Source, why)
+		}
+		if img := mine.usedBy(h, fsName); img != "" {
+			return fmt.Errorf("%s is already mounted at %s%s", img, e.MountPoint, why)
 		}
 	}
 	return nil
+}
+
+// imageSet is the images a new mount wants, by canonical path and by file
+// identity (a hard link or bind mount is the same image).
+type imageSet struct {
+	paths map[string]string      // canonical path → image as given
+	dirs  map[string]string      // directory of each image → image
+	infos map[string]os.FileInfo // image as given → its stat
+}
+
+func newImageSet(images []string) *imageSet {
+	s := &imageSet{paths: map[string]string{}, dirs: map[string]string{}, infos: map[string]os.FileInfo{}}
+	for _, img := range images {
+		r, err := filepath.EvalSymlinks(img)
+		if err != nil {
+			r = img
+		}
+		s.paths[r] = img
+		s.dirs[filepath.Dir(r)] = img
+		if st, err := os.Stat(r); err == nil {
+			s.infos[img] = st
+		}
+	}
+	return s
+}
+
+// same returns the image of the set that is the file at path, or "".
+func (s *imageSet) same(path string) string {
+	if img, ok := s.paths[path]; ok {
+		return img
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	for img, mine := range s.infos {
+		if os.SameFile(st, mine) {
+			return img
+		}
+	}
+	return ""
+}
+
+// usedBy returns an image of the set that the mount h holds, or "". The
+// daemon's run state lists its images exactly; without one the mount's
+// source is all there is: the canonical path of the image or directory, or
+// several joined with commas — which a comma inside a path makes
+// ambiguous, so a source that names an existing file is taken whole, and
+// only one that does not is split.
+func (s *imageSet) usedBy(h mountHealth, fsName string) string {
+	if rs := h.RS; rs != nil {
+		held := append([]string{}, rs.Images...)
+		if rs.Overlay != "" {
+			held = append(held, rs.Overlay)
+		}
+		for _, p := range held {
+			if img := s.same(p); img != "" {
+				return img
+			}
+		}
+		return ""
+	}
+	src := h.Entry.Source
+	if src == fsName {
+		return src
+	}
+	pieces := []string{src}
+	if _, err := os.Stat(src); err != nil && strings.Contains(src, ",") {
+		// Not one path: several joined.
+		pieces = append(pieces, strings.Split(src, ",")...)
+	}
+	for _, p := range pieces {
+		if img := s.same(p); img != "" {
+			return img
+		}
+		if img, ok := s.dirs[p]; ok {
+			return img // a directory source that holds the image
+		}
+	}
+	return ""
 }
 
 // unwrapPathError drops the "op path:" prefix of *os.PathError when the

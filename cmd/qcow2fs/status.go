@@ -2,27 +2,27 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
-	"time"
-
-	"golang.org/x/sys/unix"
+	"unicode"
+	"unicode/utf8"
 )
 
 const statusUsage = `Usage: qcow2fs status [--output human|json]
 
 Lists the qcow2fs mounts this process can see (/proc/self/mountinfo): the
 mount point, the mode (ro, rw, or rw with an overlay), the daemon's pid, its
-state, the source and the images. A state of "stale" means the daemon died;
-the next mount of that mount point or image cleans it up. The pid is known
-for mounts made by this user (run state in /run/qcow2fs, or
+state, the source and the images. The state is "serving" when the daemon
+answers, "stale" when it died (the next mount of that mount point or image
+cleans it up), and "not responding" when it is stopped or does not answer
+within a few seconds (status never waits longer on a mount). The pid is
+known for mounts made by this user (run state in /run/qcow2fs, or
 $XDG_RUNTIME_DIR/qcow2fs for other users); otherwise it shows as "-".
+Run-state files of daemons that died are removed.
 `
 
 // mountStatus is one line of qcow2fs status.
@@ -33,6 +33,7 @@ type mountStatus struct {
 	Overlay    string   `json:"overlay,omitempty"`
 	PID        int      `json:"pid,omitempty"` // 0: unknown
 	State      string   `json:"state"`         // serving, stale, not-responding, unknown
+	Why        string   `json:"why,omitempty"` // for not-responding: stopped, or no answer in time
 	Images     []string `json:"images,omitempty"`
 	Partitions bool     `json:"partitions,omitempty"`
 	Options    string   `json:"options"` // the mount's options (ro,nosuid,nodev,...)
@@ -50,15 +51,14 @@ func cmdStatus(args []string) error {
 	if fs.NArg() != 0 {
 		return usagef("status takes no arguments")
 	}
-	entries, err := readMountinfo()
+	sweepRunStates()
+	entries, err := qcow2fsMounts()
 	if err != nil {
 		return err
 	}
 	list := []mountStatus{}
-	for _, e := range entries {
-		if e.FsType == fsType {
-			list = append(list, statusOf(e))
-		}
+	for _, h := range assessMounts(entries, true) {
+		list = append(list, statusOf(h))
 	}
 	if *output == "json" {
 		enc := json.NewEncoder(os.Stdout)
@@ -69,47 +69,20 @@ func cmdStatus(args []string) error {
 	return nil
 }
 
-// statusOf joins a mountinfo entry with its daemon's run state.
-func statusOf(e mountEntry) mountStatus {
-	st := mountStatus{Mountpoint: e.MountPoint, Source: e.Source, Mode: "rw", Options: e.Options}
+// statusOf joins a mount's entry, state and daemon's run state.
+func statusOf(h mountHealth) mountStatus {
+	e := h.Entry
+	st := mountStatus{Mountpoint: e.MountPoint, Source: e.Source, Mode: "rw", Options: e.Options, State: h.State, Why: h.Why}
 	for _, o := range strings.Split(e.Options, ",") {
 		if o == "ro" {
 			st.Mode = "ro"
 		}
 	}
-	if rs := readRunState(e.MountPoint); rs != nil {
-		st.PID, st.State = rs.PID, "serving"
+	if rs := h.RS; rs != nil && h.State != stateStale {
+		st.PID = rs.PID
 		st.Images, st.Overlay, st.Partitions = rs.Images, rs.Overlay, rs.Partitions
-		return st
 	}
-	// No live daemon on record: ask the mount itself. A dead daemon's
-	// mount answers ENOTCONN at once; a hung one may not answer at all.
-	st.State = probeMount(e.MountPoint, 2*time.Second)
 	return st
-}
-
-// probeMount asks the mount's daemon for statfs (never answered from the
-// kernel's caches, unlike stat) without waiting forever on a daemon that
-// does not answer.
-func probeMount(mp string, timeout time.Duration) string {
-	res := make(chan error, 1)
-	go func() {
-		var st unix.Statfs_t
-		res <- unix.Statfs(mp, &st)
-	}()
-	select {
-	case err := <-res:
-		switch {
-		case err == nil:
-			return "serving" // by a daemon we have no record of (another user's, or a foreground one)
-		case errors.Is(err, syscall.ENOTCONN):
-			return "stale"
-		default:
-			return "unknown"
-		}
-	case <-time.After(timeout):
-		return "not-responding"
-	}
 }
 
 func printStatus(w io.Writer, list []mountStatus) {
@@ -131,13 +104,33 @@ func printStatus(w io.Writer, list []mountStatus) {
 		if st.PID != 0 {
 			pid = strconv.Itoa(st.PID)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", st.Mountpoint, mode, pid, st.State, st.Source)
+		state := strings.ReplaceAll(st.State, "-", " ")
+		if st.Why != "" {
+			state += " (" + st.Why + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", displayName(st.Mountpoint), displayName(mode), pid, state, displayName(st.Source))
 		// A directory source: name the images it brought.
 		if len(st.Images) > 1 || len(st.Images) == 1 && st.Images[0] != st.Source {
 			for _, img := range st.Images {
-				fmt.Fprintf(tw, "\t\t\t\t  image %s\n", img)
+				fmt.Fprintf(tw, "\t\t\t\t  image %s\n", displayName(img))
 			}
 		}
 	}
 	tw.Flush()
+}
+
+// displayName makes a path safe for one line of a terminal: a name holding
+// a newline, a tab or an escape sequence would break the table (or worse,
+// drive the terminal). Such names are shown Go-quoted ("a\nb"); every
+// other name as it is. JSON output carries the exact names.
+func displayName(s string) string {
+	if !utf8.ValidString(s) || strings.HasPrefix(s, `"`) {
+		return strconv.Quote(s)
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }

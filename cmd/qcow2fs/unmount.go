@@ -39,14 +39,18 @@ func cmdUnmount(args []string) error {
 	if err != nil {
 		return err
 	}
-	// A dead daemon's mount cannot be resolved (ENOTCONN): keep the
-	// absolute path then.
-	if real, err := filepath.EvalSymlinks(mp); err == nil {
-		mp = real
-	}
 	entries, err := readMountinfo()
 	if err != nil {
 		return err
+	}
+	// A mount point is taken as it is: resolving it would stat the mount,
+	// and a dead daemon's mount answers ENOTCONN, a stopped one nothing at
+	// all. Only a path that is not a mount point is resolved (a symlink to
+	// one, say).
+	if _, ok := findMount(entries, mp); !ok {
+		if real, err := filepath.EvalSymlinks(mp); err == nil {
+			mp = real
+		}
 	}
 	e, ok := findMount(entries, mp)
 	if !ok {
@@ -69,7 +73,18 @@ func cmdUnmount(args []string) error {
 		return fmt.Errorf("%s is still mounted after %v", mp, mountGoneTimeout)
 	}
 	if daemon != nil {
-		if err := waitFor(daemonExitTimeout, func() bool { return !daemon.alive() }); err != nil {
+		stopped := false
+		err := waitFor(daemonExitTimeout, func() bool {
+			stopped = daemon.stopped()
+			return stopped || !daemon.alive()
+		})
+		switch {
+		case stopped:
+			// It cannot flush while stopped, and may stay so for ever:
+			// say so now rather than wait.
+			return fmt.Errorf("unmounted %s, but its daemon (pid %d) is stopped: it flushes and closes the images once continued (kill -CONT %d)",
+				mp, daemon.PID, daemon.PID)
+		case err != nil:
 			return fmt.Errorf("unmounted %s, but its daemon (pid %d) is still flushing after %v", mp, daemon.PID, daemonExitTimeout)
 		}
 	}
