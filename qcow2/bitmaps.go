@@ -30,6 +30,7 @@ const (
 	bitmapDirEntrySize   = 24                 // fixed part of a directory entry
 	bitmapTypeDirty      = 1                  // BT_DIRTY_TRACKING_BITMAP
 	bitmapFlagInUse      = 1 << 0             // BME_FLAG_IN_USE
+	bitmapFlagAuto       = 1 << 1             // BME_FLAG_AUTO
 	bitmapReservedFlags  = 0xfffffffc         // BME_RESERVED_FLAGS
 	bitmapEntryReserved  = 0xff000000000001fe // BME_TABLE_ENTRY_RESERVED_MASK
 	bitmapEntryOffset    = 0x00fffffffffffe00 // BME_TABLE_ENTRY_OFFSET_MASK
@@ -280,10 +281,11 @@ const bitmapTableChunk = 4096
 
 // forBitmapTable reads the table of bitmap b, checks every entry (QEMU's
 // bitmap_table_load), and only then calls fn, if not nil, for each entry
-// that points at a data cluster. The table is read in chunks into
+// that points at a data cluster or has the all-ones flag (index i,
+// dataOffset 0 for all ones). The table is read in chunks into
 // *scratch (kept for the next call), and only the part inside the file
 // (the rest reads as zeros: no data clusters).
-func (s *shared) forBitmapTable(b *bitmapInfo, scratch *[]byte, fn func(dataOffset uint64)) error {
+func (s *shared) forBitmapTable(b *bitmapInfo, scratch *[]byte, fn func(i, dataOffset uint64)) error {
 	bytes := uint64(b.tableSize) * 8
 	if b.tableOffset > qemuMaxLength || bytes > qemuMaxLength-b.tableOffset {
 		return fmt.Errorf("bitmap table at %#x: %w", b.tableOffset, syscall.EIO)
@@ -314,8 +316,8 @@ func (s *shared) forBitmapTable(b *bitmapInfo, scratch *[]byte, fn func(dataOffs
 				e := binary.BigEndian.Uint64(chunk[j:])
 				off := e & bitmapEntryOffset
 				if pass == 1 {
-					if off != 0 {
-						fn(off)
+					if off != 0 || e&bitmapEntryAllOnes != 0 {
+						fn(i+uint64(j/8), off)
 					}
 					continue
 				}

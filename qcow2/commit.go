@@ -378,7 +378,6 @@ func writeDiffering(img *Image, old, new []byte, off int64) error {
 // holds s.mu.
 func (w *writer) setBacking(name, format string) error {
 	s := w.img.s
-	cs := s.g.clusterSize
 	if len(name) > maxBackingNameLen {
 		return fmt.Errorf("%s: backing file name longer than %d bytes", s.path, maxBackingNameLen)
 	}
@@ -391,7 +390,25 @@ func (w *writer) setBacking(name, format string) error {
 			exts = append(exts, e)
 		}
 	}
-	hdr := s.hdr
+	if err := w.writeHeaderArea(s.hdr, exts, name); err != nil {
+		return err
+	}
+	s.backingName, s.backingFmt = name, format
+	if name == "" {
+		s.backingPath = ""
+	} else {
+		s.backingPath = resolveRelative(s.path, name)
+	}
+	return nil
+}
+
+// writeHeaderArea rewrites the header cluster: the fixed header hdr, the
+// extensions exts, and the backing file name name right after them; the
+// old area's bytes past the new one are cleared. It is synced before it
+// returns, and s.hdr and s.exts then hold the new values. Caller holds s.mu.
+func (w *writer) writeHeaderArea(hdr Header, exts []Extension, name string) error {
+	s := w.img.s
+	cs := s.g.clusterSize
 	fixed := len(hdr.encode())
 	extBytes := encodeExtensions(exts)
 	hdr.BackingFileOffset, hdr.BackingFileSize = 0, 0
@@ -419,11 +436,5 @@ func (w *writer) setBacking(name, format string) error {
 	}
 	s.hdr = hdr
 	s.exts = exts
-	s.backingName, s.backingFmt = name, format
-	if name == "" {
-		s.backingPath = ""
-	} else {
-		s.backingPath = resolveRelative(s.path, name)
-	}
 	return nil
 }

@@ -201,11 +201,16 @@ func (w *writer) applyFrees(frees []pendingFree) error {
 	return nil
 }
 
-// close flushes everything and leaves the image clean; closing twice is
-// not an error.
+// close flushes everything, stores the persistent bitmaps, and leaves the
+// image clean; closing twice is not an error. After a failed flush the
+// bitmaps stay flagged in use (inconsistent), as after a crash.
 func (w *writer) close() error {
-	if err := w.img.Flush(); !errors.Is(err, ErrClosed) {
+	err := w.img.Flush()
+	if errors.Is(err, ErrClosed) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
-	return nil
+	return w.storeBitmapsAtClose()
 }

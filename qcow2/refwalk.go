@@ -316,7 +316,11 @@ func (w *refWalker) countBitmaps() error {
 		// Sizes are bounded by the directory checks; the offset is
 		// cluster aligned but may be anything up to 2^64.
 		w.inc(int64(b.tableOffset), int64(b.tableSize)*8)
-		err := w.s.forBitmapTable(b, &w.scratch, func(data uint64) { w.inc(int64(data), w.cs) })
+		err := w.s.forBitmapTable(b, &w.scratch, func(_, data uint64) {
+			if data != 0 {
+				w.inc(int64(data), w.cs)
+			}
+		})
 		if err != nil {
 			// Only a bitmap in use gets here: QEMU checked the others'
 			// tables when it opened the image.

@@ -31,6 +31,10 @@ type writer struct {
 	l1Dirty      map[int64]bool
 	pending      []pendingFree // refcount decrements waiting for the L2 updates to be durable
 	prepared     bool          // header prepared for writing (autoclear cleared, refcounts valid)
+	// bm: the persistent bitmaps, loaded and flagged in use before the
+	// first guest write (bmStarted); see dirtybitmap.go.
+	bm        *bitmapSet
+	bmStarted bool
 	zeroBuf      []byte
 	fileLen      int64 // host file length we know of
 	// fresh is the first host cluster never handed out since open and past
@@ -83,10 +87,11 @@ func (w *writer) writeHeader() error {
 	return nil
 }
 
-// prepare runs once before the first modification: it clears autoclear bits
-// QEMU must learn about (bitmaps are now stale; unknown bits), and makes the
-// change durable before any data changes. Caller holds s.mu.
-func (w *writer) prepare() error { return w.prepareWith(true, false) }
+// prepare runs once before the first modification: it clears the autoclear
+// bits this implementation does not know (QEMU must learn about them), and
+// makes the change durable before any data changes. Persistent bitmaps are
+// kept: guest writes update them (begin). Caller holds s.mu.
+func (w *writer) prepare() error { return w.prepareWith(true, true) }
 
 // prepareWith is prepare for maintenance as well: rebuildDirty repairs the
 // refcounts of a dirty image first; keepBitmaps clears only the autoclear
@@ -131,7 +136,7 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off > img.size || int64(len(p)) > img.size-off {
 		return 0, ErrOutOfRange
 	}
-	if err := w.begin(); err != nil {
+	if err := w.begin(off, int64(len(p))); err != nil {
 		return 0, err
 	}
 	w.ioLock.RLock()
@@ -147,14 +152,23 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-func (w *writer) begin() error {
+// begin readies the image for a guest write of [off, off+n) and marks
+// the range dirty in the enabled persistent bitmaps.
+func (w *writer) begin(off, n int64) error {
 	s := w.img.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return ErrClosed
 	}
-	return w.prepare()
+	if err := w.prepare(); err != nil {
+		return err
+	}
+	if err := w.startBitmaps(); err != nil {
+		return err
+	}
+	w.markDirty(off, n)
+	return nil
 }
 
 // waitInflight blocks (releasing s.mu) until guest cluster c has no

@@ -20,7 +20,7 @@ func (img *Image) zeroRange(off, n int64, discard bool) error {
 	if n == 0 {
 		return nil
 	}
-	if err := w.begin(); err != nil {
+	if err := w.begin(off, n); err != nil {
 		return err
 	}
 	w.ioLock.RLock()
