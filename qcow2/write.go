@@ -35,8 +35,8 @@ type writer struct {
 	// first guest write (bmStarted); see dirtybitmap.go.
 	bm        *bitmapSet
 	bmStarted bool
-	zeroBuf      []byte
-	fileLen      int64 // host file length we know of
+	zeroBuf   []byte
+	fileLen   int64 // host file length we know of
 	// fresh is the first host cluster never handed out since open and past
 	// the file's end then: clusters from here on read as zeros, so a new
 	// data cluster there needs no zero padding written around a write.
