@@ -155,6 +155,7 @@ type Info struct {
 	BackingFullPath string         `json:"full-backing-filename,omitempty"` // resolved
 	BackingFormat   string         `json:"backing-filename-format,omitempty"`
 	Bitmaps         []string       `json:"bitmaps,omitempty"`
+	BitmapDetails   []BitmapInfo   `json:"bitmap-details,omitempty"` // as qemu-img info lists them: name, granularity, flags
 	Snapshots       []SnapshotInfo `json:"snapshots,omitempty"`
 	Backing         *Info          `json:"backing-image,omitempty"`
 }

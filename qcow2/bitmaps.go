@@ -355,3 +355,25 @@ func (s *shared) hasBitmapsExtension() bool {
 	_, ok, err := s.bitmapsExtension()
 	return ok || err != nil
 }
+
+// bitmapDetails lists the persistent bitmaps with their flags ("in-use",
+// "auto", in qemu-img info's order) and granularity: none when QEMU would
+// ignore or refuse them.
+func (s *shared) bitmapDetails() []BitmapInfo {
+	bm, err := s.loadBitmaps()
+	if err != nil || bm == nil {
+		return nil
+	}
+	out := make([]BitmapInfo, len(bm.list))
+	for i, b := range bm.list {
+		flags := []string{}
+		if b.flags&bitmapFlagInUse != 0 {
+			flags = append(flags, "in-use")
+		}
+		if b.flags&bitmapFlagAuto != 0 {
+			flags = append(flags, "auto")
+		}
+		out[i] = BitmapInfo{Name: b.name, Granularity: int64(1) << b.granularityBits, Flags: flags}
+	}
+	return out
+}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 )
@@ -189,6 +190,11 @@ func TestBitmapsKeptOnWrite(t *testing.T) {
 			t.Errorf("QEMU's dirty ranges of %s: %s, want %s", c.name, spansText(got), spansText(w))
 		}
 	}
+	for _, name := range []string{"b0", "fine"} {
+		if got, q := ourDirty(t, p, name), qemuDirty(t, p, name); spansText(got) != spansText(q) {
+			t.Errorf("our dirty ranges of %s: %s, QEMU's %s", name, spansText(got), spansText(q))
+		}
+	}
 	if got := qemuDirty(t, p, "off"); len(got) != 0 {
 		t.Errorf("disabled bitmap dirty: %s", spansText(got))
 	}
@@ -200,4 +206,225 @@ func TestBitmapsKeptOnWrite(t *testing.T) {
 		t.Errorf("QEMU's dirty ranges after its own write: %s, want %s", spansText(got), spansText(w))
 	}
 	qemuCheckClean(t, p)
+}
+
+// ourDirty is BitmapExtents' dirty ranges (read-only open).
+func ourDirty(t testing.TB, path, name string) []span {
+	t.Helper()
+	img, err := Open(path, OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	exts, err := img.BitmapExtents(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []span
+	pos := int64(0)
+	for _, e := range exts {
+		if e.Start != pos || e.Length <= 0 {
+			t.Fatalf("BitmapExtents of %s not contiguous at %#x: %+v", name, pos, e)
+		}
+		pos += e.Length
+		if e.Dirty {
+			out = append(out, span{Start: e.Start, End: e.Start + e.Length})
+		}
+	}
+	if pos != img.Size() {
+		t.Fatalf("BitmapExtents of %s cover %#x of %#x", name, pos, img.Size())
+	}
+	return mergeSpans(out)
+}
+
+// TestBitmapUpdateLikeQEMU: the same operations through BitmapUpdate and
+// qemu-img bitmap leave bitmaps that qemu-img info lists alike, checks
+// clean, and (merge) the same dirty ranges in QEMU's view.
+func TestBitmapUpdateLikeQEMU(t *testing.T) {
+	needQEMU(t)
+	type step struct {
+		args []string // qemu-img bitmap options
+		acts []BitmapAction
+		o    BitmapOptions
+		name string
+	}
+	steps := []step{
+		{[]string{"--add"}, []BitmapAction{{Kind: "add"}}, BitmapOptions{}, "a"},
+		{[]string{"--add", "-g", "131072", "--disable"}, []BitmapAction{{Kind: "add"}, {Kind: "disable"}}, BitmapOptions{Granularity: 131072}, "b"},
+		{[]string{"--add", "-g", "4096"}, []BitmapAction{{Kind: "add"}}, BitmapOptions{Granularity: 4096}, "c"},
+		{[]string{"--add", "-g", "512"}, []BitmapAction{{Kind: "add"}}, BitmapOptions{Granularity: 512}, "d"},
+		{[]string{"--disable"}, []BitmapAction{{Kind: "disable"}}, BitmapOptions{}, "a"},
+		{[]string{"--enable"}, []BitmapAction{{Kind: "enable"}}, BitmapOptions{}, "b"},
+		{[]string{"--remove"}, []BitmapAction{{Kind: "remove"}}, BitmapOptions{}, "d"},
+		{[]string{"--merge", "c"}, []BitmapAction{{Kind: "merge", Source: "c"}}, BitmapOptions{}, "b"},
+		{[]string{"--merge", "c", "--clear"}, []BitmapAction{{Kind: "merge", Source: "c"}, {Kind: "clear"}}, BitmapOptions{}, "a"},
+		{[]string{"--merge", "b"}, []BitmapAction{{Kind: "merge", Source: "b"}}, BitmapOptions{}, "a"},
+	}
+	for _, cs := range []int64{512, 4096, 65536, 2 << 20} {
+		t.Run(fmt.Sprint(cs), func(t *testing.T) {
+			dir := t.TempDir()
+			ours := createImage(t, dir, "ours.qcow2", 64<<20, fmt.Sprintf("cluster_size=%d", cs))
+			theirs := createImage(t, dir, "theirs.qcow2", 64<<20, fmt.Sprintf("cluster_size=%d", cs))
+			for i, st := range steps {
+				if i == 4 { // some writes (QEMU's own) before the merges
+					ops := []ioOp{write(1, 0, 4096), write(2, 5<<20+3000, 200000), zero(40<<20, 1<<20)}
+					qemuIO(t, ours, "qcow2", ops)
+					qemuIO(t, theirs, "qcow2", ops)
+				}
+				if err := BitmapUpdate(ours, st.name, st.acts, st.o); err != nil {
+					t.Fatalf("step %d %v: %v", i, st.args, err)
+				}
+				qemuImg(t, dir, append(append([]string{"bitmap"}, st.args...), theirs, st.name)...)
+				qemuCheckClean(t, ours)
+				if a, b := qemuBitmaps(t, ours), qemuBitmaps(t, theirs); fmt.Sprint(a) != fmt.Sprint(b) {
+					t.Fatalf("after step %d %v: ours %v, QEMU's %v", i, st.args, a, b)
+				}
+			}
+			for _, name := range []string{"a", "b", "c"} {
+				if a, b := ourDirty(t, ours, name), qemuDirty(t, theirs, name); spansText(a) != spansText(b) {
+					t.Errorf("bitmap %s: ours dirty %s, QEMU's %s", name, spansText(a), spansText(b))
+				}
+				if a, b := qemuDirty(t, ours, name), qemuDirty(t, theirs, name); spansText(a) != spansText(b) {
+					t.Errorf("bitmap %s as QEMU reads it: ours %s, QEMU's %s", name, spansText(a), spansText(b))
+				}
+			}
+			// Errors: QEMU's wording, the file named.
+			for _, c := range []struct {
+				name string
+				acts []BitmapAction
+				want string
+			}{
+				{"a", []BitmapAction{{Kind: "add"}}, "Bitmap already exists: a"},
+				{"zz", []BitmapAction{{Kind: "remove"}}, "Dirty bitmap 'zz' not found"},
+				{"a", []BitmapAction{{Kind: "merge", Source: "zz"}}, "Dirty bitmap 'zz' not found"},
+				{"n", []BitmapAction{{Kind: "add"}}, "Granularity must be power of 2"},
+			} {
+				o := BitmapOptions{}
+				if c.name == "n" {
+					o.Granularity = 1000
+				}
+				err := BitmapUpdate(ours, c.name, c.acts, o)
+				if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), ours) {
+					t.Errorf("%v on %s: error %v, want one naming the file and %q", c.acts, c.name, err, c.want)
+				}
+			}
+			// Removing the last bitmaps drops the extension and the bit.
+			for _, name := range []string{"a", "b", "c"} {
+				if err := BitmapUpdate(ours, name, []BitmapAction{{Kind: "remove"}}, BitmapOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			qemuCheckClean(t, ours)
+			if h := readHeaderOf(t, ours); h.AutoclearFeatures&AutoclearBitmaps != 0 {
+				t.Error("autoclear bitmaps bit still set with no bitmap left")
+			}
+			if bms := qemuBitmaps(t, ours); len(bms) != 0 {
+				t.Errorf("bitmaps left: %v", bms)
+			}
+		})
+	}
+}
+
+// TestBitmapCrashInUse: a writer that never closes (a crash) leaves its
+// bitmaps flagged in use; QEMU's check and ours accept that as is (check
+// -r all leaves them), they are refused for use and can be removed; a
+// read-only open touches nothing.
+func TestBitmapCrashInUse(t *testing.T) {
+	needQEMU(t)
+	dir := t.TempDir()
+	p := createImage(t, dir, "a.qcow2", 64<<20, "")
+	qemuImg(t, dir, "bitmap", "--add", p, "b0")
+	qemuImg(t, dir, "bitmap", "--add", p, "b1")
+	// Read-only opens never touch the bitmaps.
+	before := fileHashes(t, dir)
+	ro, err := Open(p, OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ro.BitmapExtents("b0"); err != nil {
+		t.Fatal(err)
+	}
+	ro.Close()
+	checkHashesUnchanged(t, before, fileHashes(t, dir))
+
+	img, err := Open(p, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.WriteAt(make([]byte, 4096), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Flush does not store the bitmaps (as QEMU): still in use.
+	crash := filepath.Join(dir, "crash.qcow2")
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(crash, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := []qemuBitmap{{"b0", 65536, []string{"in-use", "auto"}}, {"b1", 65536, []string{"in-use", "auto"}}}
+	if got := qemuBitmaps(t, crash); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after a crash: %v, want %v", got, want)
+	}
+	qemuCheckClean(t, crash)
+	theirs := filepath.Join(dir, "theirs.qcow2")
+	if err := os.WriteFile(theirs, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	qemuImg(t, dir, "check", "-r", "all", theirs)
+	res, err := Check(crash, CheckOptions{Repair: "all"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Corruptions+res.Leaks != 0 {
+		t.Errorf("our check -r all: %+v", res)
+	}
+	if a, b := qemuBitmaps(t, crash), qemuBitmaps(t, theirs); fmt.Sprint(a) != fmt.Sprint(b) {
+		t.Errorf("after check -r all: ours %v, QEMU's %v", a, b)
+	}
+	if _, err := os.Stat(crash); err != nil {
+		t.Fatal(err)
+	}
+	ro, err = Open(crash, OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ro.BitmapExtents("b0"); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("BitmapExtents of an in-use bitmap: %v", err)
+	}
+	ro.Close()
+	// A later writer keeps the in-use bitmaps as they are, and nothing leaks.
+	img, err = Open(crash, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.WriteAt(make([]byte, 4096), 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemuCheckClean(t, crash)
+	if got := qemuBitmaps(t, crash); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("in-use bitmaps after another write: %v, want %v", got, want)
+	}
+	if err := BitmapUpdate(crash, "b0", []BitmapAction{{Kind: "clear"}}, BitmapOptions{}); err == nil || !strings.Contains(err.Error(), "inconsistent") {
+		t.Errorf("clear of an in-use bitmap: %v", err)
+	}
+	for _, n := range []string{"b0", "b1"} {
+		if err := BitmapUpdate(crash, n, []BitmapAction{{Kind: "remove"}}, BitmapOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	qemuCheckClean(t, crash)
+	if got := qemuBitmaps(t, crash); len(got) != 0 {
+		t.Errorf("bitmaps left: %v", got)
+	}
 }

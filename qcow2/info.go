@@ -23,6 +23,7 @@ func (img *Image) Info() *Info {
 		BackingFile:   s.backingName,
 		BackingFormat: s.backingFmt,
 		Bitmaps:       s.bitmapNames(),
+		BitmapDetails: s.bitmapDetails(),
 		Snapshots:     img.Snapshots(),
 	}
 	if s.backingName != "" {

@@ -232,7 +232,17 @@ func printLayer(w io.Writer, in *qcow2.Info, stem string) {
 				row("backing file format", "%s", imgtext.Escape(in.BackingFormat))
 			}
 		}
-		if len(in.Bitmaps) > 0 {
+		if len(in.BitmapDetails) > 0 {
+			var list []string
+			for _, b := range in.BitmapDetails {
+				d := fmt.Sprintf("granularity %d", b.Granularity)
+				if len(b.Flags) > 0 {
+					d = strings.Join(b.Flags, ", ") + "; " + d
+				}
+				list = append(list, fmt.Sprintf("%s (%s)", imgtext.Escape(b.Name), d))
+			}
+			row("bitmaps", "%s", strings.Join(list, ", "))
+		} else if len(in.Bitmaps) > 0 {
 			row("bitmaps", "%s", strings.Join(escapeAll(in.Bitmaps), ", "))
 		}
 	}

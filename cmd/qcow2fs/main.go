@@ -41,7 +41,8 @@ Usage:
   qcow2fs check [--repair leaks|all] IMAGE      check (and repair) the metadata; exit codes as qemu-img check
   qcow2fs snapshot list|create|delete|apply [NAME] IMAGE   internal snapshots
   qcow2fs resize [--shrink] IMAGE [+|-]SIZE     change the virtual size
-  qcow2fs map [--output human|json] IMAGE       allocation runs, like qemu-img map
+  qcow2fs map [--output human|json] [--bitmap NAME] IMAGE  allocation runs (or a bitmap's dirty runs)
+  qcow2fs bitmap --add|--remove|--clear|--enable|--disable|--merge SRC IMAGE BITMAP  persistent dirty bitmaps
   qcow2fs commit IMAGE                          write the image's data into its backing file
   qcow2fs rebase [-u] -b NEW [-F FMT] IMAGE     change the backing file
   qcow2fs version                               print the version

@@ -33,6 +33,7 @@ func init() {
 	commands["map"] = cmdMap
 	commands["commit"] = cmdCommit
 	commands["rebase"] = cmdRebase
+	commands["bitmap"] = cmdBitmap
 }
 
 // sizeSuffixes are qemu-img's size suffixes (powers of 1024).

@@ -11,6 +11,7 @@ import (
 )
 
 const mapUsage = `Usage: qcow2fs map [--output human|json] [-U] [--start-offset OFF] [--max-length LEN] IMAGE
+       qcow2fs map --bitmap NAME [--output human|json] [-U] IMAGE
 
 Shows how the virtual disk of IMAGE is laid out, as "qemu-img map" does.
 
@@ -26,6 +27,11 @@ present says that layer allocates it (false: nothing in the chain does),
 zero that it reads as zeros, data that it is stored, compressed that it is
 stored compressed, and offset (only for uncompressed data) where it lies
 in the host file.
+
+--bitmap NAME: instead, the runs persistent bitmap NAME marks dirty (the
+clusters written since it was created or cleared, at its granularity) and
+clean, covering the disk; json: a list of {start, length, dirty}. A bitmap
+flagged in-use (not stored since a crash) is refused: it is inconsistent.
 
 The image is opened read-only with reader locks; -U inspects an image
 another process has open for writing.
@@ -107,6 +113,7 @@ func cmdMap(args []string) error {
 	format := fs.StringP("format", "f", "qcow2", "image `FORMAT` (only qcow2)")
 	startArg := fs.String("start-offset", "0", "first guest `OFFSET` to map")
 	lengthArg := fs.String("max-length", "", "map at most `LENGTH` bytes")
+	bitmap := fs.String("bitmap", "", "show the dirty runs of persistent bitmap `NAME`")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -130,6 +137,9 @@ func cmdMap(args []string) error {
 		}
 	}
 	path := fs.Arg(0)
+	if fs.Changed("bitmap") {
+		return mapBitmap(path, *bitmap, *output == "json", *forceShare, start, length)
+	}
 	img, err := qcow2.Open(path, qcow2.OpenOptions{ReadOnly: true, ForceShare: *forceShare})
 	if err != nil {
 		return maintError(path, err, true)
@@ -275,4 +285,49 @@ func layerFiles(top string, in *qcow2.Info) []string {
 		}
 	}
 	return out
+}
+
+// mapBitmap prints the dirty and clean runs of a persistent bitmap within
+// [start, start+length) (length < 0: to the end of the disk).
+func mapBitmap(path, name string, asJSON, forceShare bool, start, length int64) error {
+	img, err := qcow2.Open(path, qcow2.OpenOptions{ReadOnly: true, ForceShare: forceShare, NoBacking: true, NoDataFile: true})
+	if err != nil {
+		return maintError(path, err, true)
+	}
+	defer img.Close()
+	exts, err := img.BitmapExtents(name)
+	if err != nil {
+		return err
+	}
+	end := img.Size()
+	if length >= 0 && start+length < end {
+		end = start + length
+	}
+	w := bufio.NewWriter(os.Stdout)
+	defer w.Flush()
+	if asJSON {
+		fmt.Fprint(w, "[")
+	} else {
+		fmt.Fprintf(w, "%-20s%-20s%s\n", "Offset", "Length", "Dirty")
+	}
+	first := true
+	for _, e := range exts {
+		s, t := max(e.Start, start), min(e.Start+e.Length, end)
+		if s >= t {
+			continue
+		}
+		if asJSON {
+			if !first {
+				fmt.Fprint(w, ",\n")
+			}
+			fmt.Fprintf(w, `{ "start": %d, "length": %d, "dirty": %t}`, s, t-s, e.Dirty)
+		} else {
+			fmt.Fprintf(w, "%#-20x%#-20x%t\n", s, t-s, e.Dirty)
+		}
+		first = false
+	}
+	if asJSON {
+		fmt.Fprintln(w, "]")
+	}
+	return w.Flush()
 }
