@@ -26,6 +26,7 @@ func maintModifying(img, other string) [][]string {
 		{"commit", img},
 		{"rebase", "-b", other, img},
 		{"rebase", "-u", "-b", "", img},
+		{"bitmap", "--add", img, "newbitmap"},
 	}
 }
 
