@@ -96,7 +96,8 @@ type crashConfig struct {
 	// initial is the content before the workload: "", "data",
 	// "compressed", "snapshot" (data shared with an internal snapshot) or
 	// "stalezero" (clusters zeroed by QEMU, which keeps them allocated
-	// with their old bytes, as preallocated zero clusters).
+	// with their old bytes, as preallocated zero clusters) or "bitmap"
+	// (data and two persistent dirty bitmaps, one enabled).
 	initial  string
 	dataFile bool  // external data file
 	cache    int64 // L2 cache bytes (0: default)
@@ -120,6 +121,7 @@ func crashConfigs() []crashConfig {
 		{name: "snapshot-shared-2w", opts: "cluster_size=16384", initial: "snapshot", writers: 2, stripe: 3 << 10, ops: 200},
 		{name: "datafile-tiny-cache-2w", opts: "cluster_size=4096", dataFile: true, initial: "data", cache: 8 << 10, writers: 2, stripe: 6 << 10, ops: 200, size: 8 << 20},
 		{name: "tiny-cache-extl2-backing-4w", opts: "cluster_size=16384,extended_l2=on", backing: true, cache: 8 << 10, writers: 4, stripe: 2560, ops: 120, size: 12 << 20},
+		{name: "bitmap-2w", opts: "cluster_size=65536", initial: "bitmap", writers: 2, stripe: 5 << 10, ops: 200},
 		{name: "v2-backing", opts: "compat=0.10,cluster_size=4096", backing: true, writers: 1, ops: 300, maxLen: 40 << 10},
 	}
 }
@@ -204,6 +206,11 @@ func setupCrashImage(t *testing.T, cfg crashConfig) *crashRun {
 	if cfg.initial == "stalezero" {
 		mk("qemu-io", "-c", fmt.Sprintf("write -P 0xaa 0 %d", cfg.size/2), r.names[0])
 		mk("qemu-io", "-c", fmt.Sprintf("write -z 0 %d", cfg.size/2), r.names[0])
+	}
+	if cfg.initial == "bitmap" {
+		mk("qemu-io", "-c", fmt.Sprintf("write -P 0x3c 0 %d", cfg.size/2), r.names[0])
+		mk("qemu-img", "bitmap", "--add", "-g", "16384", r.names[0], "b0")
+		mk("qemu-img", "bitmap", "--add", "--disable", r.names[0], "b1")
 	}
 	if cfg.initial == "snapshot" {
 		mk("qemu-img", "snapshot", "-c", "s1", r.names[0])
