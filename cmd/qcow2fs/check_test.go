@@ -172,3 +172,17 @@ func TestCheckPanicExitsOne(t *testing.T) {
 		t.Errorf("the message is not one line: %q", stderr)
 	}
 }
+
+// TestAnyPanicExitsOne: a panic in any command is a bug, reported on one
+// line with exit code 1, never 2.
+func TestAnyPanicExitsOne(t *testing.T) {
+	commands["test-panic"] = func([]string) error { panic("boom\nsecond line") }
+	defer delete(commands, "test-panic")
+	code, _, stderr := runCLI(t, "test-panic")
+	if code != 1 {
+		t.Errorf("exit %d after a panic, want 1 (stderr %q)", code, stderr)
+	}
+	if !strings.Contains(stderr, "internal error") || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+		t.Errorf("stderr %q: want one line naming an internal error", stderr)
+	}
+}

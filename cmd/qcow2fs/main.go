@@ -76,8 +76,15 @@ func main() {
 }
 
 // run dispatches argv and turns the outcome into an exit code, printing
-// errors as one line: "qcow2fs: <message>".
-func run(argv []string) int {
+// errors as one line: "qcow2fs: <message>". A panic is a bug: it exits 1
+// with a message, never 2 (which check uses for "corruptions found").
+func run(argv []string) (code int) {
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Fprintf(os.Stderr, "qcow2fs: internal error: %s (please report this bug)\n", oneLine(fmt.Sprint(r)))
+			code = exitError
+		}
+	}()
 	err := dispatch(argv)
 	switch {
 	case err == nil:
