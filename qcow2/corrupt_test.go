@@ -22,24 +22,10 @@ func TestRuntimeCorruption(t *testing.T) {
 	wrun(t, "qemu-img", "create", "-q", "-f", "qcow2", path, "4M")
 	wrun(t, "qemu-io", "-c", "write -P 0x11 0 128k", path)
 	// Make the second L2 entry's host offset unaligned.
-	im, err := Open(path, OpenOptions{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l2 := int64(im.l1[0] & l1EntryOffsetMask)
-	im.Close()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var e [8]byte
-	f.ReadAt(e[:], l2+8)
-	binary.BigEndian.PutUint64(e[:], binary.BigEndian.Uint64(e[:])+512)
-	f.WriteAt(e[:], l2+8)
-	f.Close()
+	damageL2Entry(t, path, 1)
 
 	var warnings []string
-	im, err = Open(path, OpenOptions{Warn: func(s string) { warnings = append(warnings, s) }})
+	im, err := Open(path, OpenOptions{Warn: func(s string) { warnings = append(warnings, s) }})
 	if err != nil {
 		t.Fatal(err)
 	}
