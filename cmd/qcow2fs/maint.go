@@ -34,6 +34,7 @@ func init() {
 	commands["commit"] = cmdCommit
 	commands["rebase"] = cmdRebase
 	commands["bitmap"] = cmdBitmap
+	commands["backup"] = cmdBackup
 }
 
 // sizeSuffixes are qemu-img's size suffixes (powers of 1024).
