@@ -1,7 +1,7 @@
 package main
 
 // Shared pieces of the offline maintenance commands (create, check,
-// snapshot, resize, map, commit, rebase): size and -o parsing, the progress
+// snapshot, resize, map, commit, rebase, bitmap, backup): size and -o parsing, the progress
 // bar, and the explanation of a lock conflict that names the qcow2fs mount
 // (or the process) holding the image.
 
