@@ -43,6 +43,7 @@ Usage:
   qcow2fs resize [--shrink] IMAGE [+|-]SIZE     change the virtual size
   qcow2fs map [--output human|json] [--bitmap NAME] IMAGE  allocation runs (or a bitmap's dirty runs)
   qcow2fs bitmap --add|--remove|--clear|--enable|--disable|--merge SRC IMAGE BITMAP  persistent dirty bitmaps
+  qcow2fs backup [--bitmap NAME [--full] [--clear]] [-b BACKING] IMAGE TARGET  full or incremental backup
   qcow2fs commit IMAGE                          write the image's data into its backing file
   qcow2fs rebase [-u] -b NEW [-F FMT] IMAGE     change the backing file
   qcow2fs version                               print the version

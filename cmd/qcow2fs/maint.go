@@ -1,7 +1,7 @@
 package main
 
 // Shared pieces of the offline maintenance commands (create, check,
-// snapshot, resize, map, commit, rebase): size and -o parsing, the progress
+// snapshot, resize, map, commit, rebase, bitmap, backup): size and -o parsing, the progress
 // bar, and the explanation of a lock conflict that names the qcow2fs mount
 // (or the process) holding the image.
 
@@ -34,6 +34,7 @@ func init() {
 	commands["commit"] = cmdCommit
 	commands["rebase"] = cmdRebase
 	commands["bitmap"] = cmdBitmap
+	commands["backup"] = cmdBackup
 }
 
 // sizeSuffixes are qemu-img's size suffixes (powers of 1024).
