@@ -293,6 +293,10 @@ func fuseOptions(images []*qcow2.Image, opts Options) (*fs.Options, io.Closer) {
 			Logger:           goLog,
 			// The files have no extended attributes.
 			DisableXAttrs: true,
+			// Shared mmap of FOPEN_DIRECT_IO files (--direct-io, O_DIRECT
+			// opens), which the kernel otherwise refuses with ENODEV.
+			// Granted only where the kernel offers it (Linux 6.6+).
+			ExtraCapabilities: fuse.CAP_DIRECT_IO_ALLOW_MMAP,
 			// A panic outside the image handlers (which recover
 			// themselves): EIO, logged, still serving.
 			PanicHandler: panicHandler(opts.Log),
