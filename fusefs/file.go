@@ -34,6 +34,12 @@ type imageFile struct {
 	base, length int64
 	whole        bool
 
+	// siblings are the files of the same image, whose cached pages a
+	// write through this one invalidates (coherence.go); opened says the
+	// kernel may hold pages of this file.
+	siblings *siblings
+	opened   openedFlag
+
 	// health is shared by every file of the image: a panic in a request
 	// puts the image out of service (guard.go).
 	health *imageHealth
@@ -97,6 +103,7 @@ func (f *imageFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint
 	if f.ro && (flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0) {
 		return nil, 0, syscall.EROFS
 	}
+	f.opened.Store(true)
 	var fuseFlags uint32
 	if f.directIO || flags&syscall.O_DIRECT != 0 {
 		// Direct I/O: the mount asked for it, or this opener bypasses the
@@ -155,6 +162,8 @@ func (f *imageFile) Write(ctx context.Context, _ fs.FileHandle, data []byte, off
 	n, err := f.img.WriteAt(data, f.base+off)
 	// Even a failed write may have changed metadata: let the next flush run.
 	f.writeGen.Add(1)
+	// And data: the other files of the disk drop their cached pages.
+	f.changed(f.base+off, int64(len(data)))
 	if err != nil {
 		return uint32(n), f.toErrno(err, "write", f.base+off, int64(len(data)))
 	}
@@ -367,5 +376,6 @@ func (f *imageFile) Allocate(ctx context.Context, _ fs.FileHandle, off, length u
 		return syscall.EOPNOTSUPP
 	}
 	f.writeGen.Add(1)
+	f.changed(at, n)
 	return f.toErrno(err, op, at, n)
 }

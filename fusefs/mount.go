@@ -147,14 +147,11 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 		owner[name] = img.Path()
 		return nil
 	}
-	add := func(img *qcow2.Image, name string) error {
-		if err := claim(img, name); err != nil {
-			return err
-		}
+	add := func(img *qcow2.Image, name string) *imageFile {
 		f := newImageFile(img, name, &opts)
 		f.health = health.of(img)
 		root.files = append(root.files, f)
-		return nil
+		return f
 	}
 	stems := make([]string, len(images))
 	for i, img := range images {
@@ -163,13 +160,16 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 			stems[i] = opts.Names[i]
 		}
 	}
+	wholes := make([]*imageFile, len(images))
 	for i, img := range images {
-		if err := add(img, stems[i]+".raw"); err != nil {
+		if err := claim(img, stems[i]+".raw"); err != nil {
 			return fail(err)
 		}
+		wholes[i] = add(img, stems[i]+".raw")
 	}
 	if opts.Partitions {
 		for i, img := range images {
+			var sib *siblings
 			for _, p := range readPartitions(img, opts.Warn) {
 				name := partitionName(stems[i], p.Number)
 				if err := claim(img, name); err != nil {
@@ -178,6 +178,11 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 				f := newWindowFile(img, name, p.Start, p.Size, &opts)
 				f.health = health.of(img)
 				root.files = append(root.files, f)
+				if sib == nil {
+					sib = &siblings{}
+					sib.join(wholes[i])
+				}
+				sib.join(f)
 			}
 		}
 	}
@@ -219,9 +224,10 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 				continue
 			}
 			views = append(views, v)
-			if err := add(v, name); err != nil {
+			if err := claim(v, name); err != nil {
 				return fail(err)
 			}
+			add(v, name)
 			if shortened {
 				opts.Log.Infof("%s: snapshot %s (ID %s) appears as %s (its name is too long for a file name)", img.Path(), imgtext.Quote(sn.Name), imgtext.Quote(sn.ID), imgtext.Quote(name))
 			}
@@ -287,6 +293,10 @@ func fuseOptions(images []*qcow2.Image, opts Options) (*fs.Options, io.Closer) {
 			Logger:           goLog,
 			// The files have no extended attributes.
 			DisableXAttrs: true,
+			// Shared mmap of FOPEN_DIRECT_IO files (--direct-io, O_DIRECT
+			// opens), which the kernel otherwise refuses with ENODEV.
+			// Granted only where the kernel offers it (Linux 6.6+).
+			ExtraCapabilities: fuse.CAP_DIRECT_IO_ALLOW_MMAP,
 			// A panic outside the image handlers (which recover
 			// themselves): EIO, logged, still serving.
 			PanicHandler: panicHandler(opts.Log),

@@ -86,7 +86,7 @@ func cmdBitmap(args []string) error {
 	}
 	var o qcow2.BitmapOptions
 	if *gran != "" {
-		g, err := parseImageSize(*gran)
+		g, err := parseSize(*gran)
 		if err != nil {
 			return usagef("bitmap: -g: %v", err)
 		}

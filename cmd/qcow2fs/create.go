@@ -83,7 +83,7 @@ func cmdCreate(args []string) error {
 	switch fs.NArg() {
 	case 1:
 	case 2:
-		if o.Size, err = parseImageSize(fs.Arg(1)); err != nil {
+		if o.Size, err = parseSize(fs.Arg(1)); err != nil {
 			return usagef("create: %v", err)
 		}
 	default:
@@ -113,9 +113,9 @@ func createOptions(kvs []keyValue) (qcow2.CreateOptions, error) {
 		var err error
 		switch kv.Key {
 		case "size":
-			o.Size, err = parseImageSize(kv.Value)
+			o.Size, err = parseSize(kv.Value)
 		case "cluster_size":
-			o.ClusterSize, err = parseImageSize(kv.Value)
+			o.ClusterSize, err = parseSize(kv.Value)
 		case "compat":
 			switch kv.Value {
 			case "0.10", "v2":

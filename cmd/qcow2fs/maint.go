@@ -9,8 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -35,83 +33,6 @@ func init() {
 	commands["rebase"] = cmdRebase
 	commands["bitmap"] = cmdBitmap
 	commands["backup"] = cmdBackup
-}
-
-// sizeSuffixes are qemu-img's size suffixes (powers of 1024).
-var sizeSuffixes = map[byte]uint{'b': 0, 'k': 10, 'm': 20, 'g': 30, 't': 40, 'p': 50, 'e': 60}
-
-// parseImageSize reads a size as qemu-img does: a number of bytes with an
-// optional suffix k, M, G, T, P or E (any case, powers of 1024; "KiB",
-// "KB" and "B" are accepted too). A decimal fraction is allowed with a
-// suffix ("1.5G"); the result is rounded down to a whole byte.
-func parseImageSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	if t == "" {
-		return 0, fmt.Errorf("empty size")
-	}
-	num := t
-	shift := uint(0)
-	lower := strings.ToLower(t)
-	for _, suf := range []string{"ib", "b"} {
-		// "64KiB", "64KB"; a bare "B" means bytes.
-		if strings.HasSuffix(lower, suf) && len(lower) > len(suf) && isSizeLetter(lower[len(lower)-len(suf)-1]) {
-			lower = lower[:len(lower)-len(suf)]
-			break
-		}
-	}
-	if n := len(lower); n > 0 && isSizeLetter(lower[n-1]) {
-		shift = sizeSuffixes[lower[n-1]]
-		num = lower[:n-1]
-	} else if n > 0 && lower[n-1] == 'b' {
-		num = lower[:n-1]
-	}
-	if num == "" || strings.ContainsAny(num, "+-_ ") {
-		return 0, fmt.Errorf("invalid size %q (want e.g. 10G, 512M or a number of bytes)", s)
-	}
-	if strings.Contains(num, ".") {
-		if shift == 0 {
-			return 0, fmt.Errorf("invalid size %q: a fraction needs a unit (e.g. 1.5G)", s)
-		}
-		r, ok := new(big.Rat).SetString(num)
-		if !ok || r.Sign() < 0 {
-			return 0, fmt.Errorf("invalid size %q (want e.g. 10G, 512M or a number of bytes)", s)
-		}
-		r.Mul(r, new(big.Rat).SetInt(new(big.Int).Lsh(big.NewInt(1), shift)))
-		v := new(big.Int).Quo(r.Num(), r.Denom())
-		if !v.IsInt64() {
-			return 0, fmt.Errorf("size %q is too large", s)
-		}
-		return v.Int64(), nil
-	}
-	v, err := strconv.ParseUint(num, 10, 64)
-	if err != nil {
-		if errors.Is(err, strconv.ErrRange) {
-			return 0, fmt.Errorf("size %q is too large", s)
-		}
-		return 0, fmt.Errorf("invalid size %q (want e.g. 10G, 512M or a number of bytes)", s)
-	}
-	if v > math.MaxInt64>>shift {
-		return 0, fmt.Errorf("size %q is too large", s)
-	}
-	return int64(v << shift), nil
-}
-
-func isSizeLetter(c byte) bool {
-	_, ok := sizeSuffixes[c]
-	return ok && c != 'b'
-}
-
-// parseSizeChange reads resize's SIZE argument: an absolute size, or one
-// relative to the current size with a leading + or - (sign +1 or -1).
-func parseSizeChange(s string) (sign int, n int64, err error) {
-	switch {
-	case strings.HasPrefix(s, "+"):
-		sign, s = 1, s[1:]
-	case strings.HasPrefix(s, "-"):
-		sign, s = -1, s[1:]
-	}
-	n, err = parseImageSize(s)
-	return sign, n, err
 }
 
 // keyValue is one item of a -o list.

@@ -11,53 +11,6 @@ import (
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
-func TestParseImageSize(t *testing.T) {
-	tests := []struct {
-		in   string
-		want int64
-		bad  bool
-	}{
-		{in: "0", want: 0},
-		{in: "512", want: 512},
-		{in: "512b", want: 512},
-		{in: "512B", want: 512},
-		{in: "64k", want: 64 << 10},
-		{in: "64K", want: 64 << 10},
-		{in: "64KiB", want: 64 << 10},
-		{in: "64kb", want: 64 << 10},
-		{in: "10M", want: 10 << 20},
-		{in: "10G", want: 10 << 30},
-		{in: "2T", want: 2 << 40},
-		{in: "1P", want: 1 << 50},
-		{in: "1E", want: 1 << 60},
-		{in: "1.5G", want: 3 << 29},
-		{in: "0.5k", want: 512},
-		{in: " 4M ", want: 4 << 20},
-		{in: "8E", bad: true}, // 2^63: too large
-		{in: "99999999999999999999", bad: true},
-		{in: "", bad: true},
-		{in: "G", bad: true},
-		{in: "-1G", bad: true},
-		{in: "+1G", bad: true},
-		{in: "1.5", bad: true}, // a fraction of a byte
-		{in: "10X", bad: true},
-		{in: "1e3", bad: true},
-		{in: "0x100", bad: true},
-		{in: "1 G", bad: true},
-	}
-	for _, tt := range tests {
-		got, err := parseImageSize(tt.in)
-		switch {
-		case tt.bad && err == nil:
-			t.Errorf("parseImageSize(%q) = %d, want an error", tt.in, got)
-		case !tt.bad && err != nil:
-			t.Errorf("parseImageSize(%q): %v", tt.in, err)
-		case !tt.bad && got != tt.want:
-			t.Errorf("parseImageSize(%q) = %d, want %d", tt.in, got, tt.want)
-		}
-	}
-}
-
 func TestParseSizeChange(t *testing.T) {
 	tests := []struct {
 		in   string
@@ -139,28 +92,6 @@ func TestCreateOptions(t *testing.T) {
 			t.Errorf("createOptions(%q): %v", tt.in, err)
 		case tt.bad == "" && !reflect.DeepEqual(got, tt.want):
 			t.Errorf("createOptions(%q) = %+v, want %+v", tt.in, got, tt.want)
-		}
-	}
-}
-
-func TestQemuSizeString(t *testing.T) {
-	tests := map[uint64]string{
-		0:                 "0 B",
-		999:               "999 B",
-		1000:              "0.977 KiB",
-		1024:              "1 KiB",
-		1536:              "1.5 KiB",
-		1 << 20:           "1 MiB",
-		1572864000:        "1.46 GiB",
-		123 << 30:         "123 GiB",
-		1<<64 - 1:         "16 EiB",
-		(1 << 40) * 1000:  "0.977 PiB",
-		(1 << 40) * 999:   "999 TiB",
-		(1 << 30) + 1<<20: "1 GiB",
-	}
-	for in, want := range tests {
-		if got := qemuSizeString(in); got != want {
-			t.Errorf("qemuSizeString(%d) = %q, want %q", in, got, want)
 		}
 	}
 }

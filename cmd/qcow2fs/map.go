@@ -126,13 +126,13 @@ func cmdMap(args []string) error {
 	if fs.NArg() != 1 {
 		return usagef("map: need exactly one IMAGE (see qcow2fs map --help)")
 	}
-	start, err := parseImageSize(*startArg)
+	start, err := parseSize(*startArg)
 	if err != nil {
 		return usagef("map: --start-offset: %v", err)
 	}
 	length := int64(-1)
 	if *lengthArg != "" {
-		if length, err = parseImageSize(*lengthArg); err != nil {
+		if length, err = parseSize(*lengthArg); err != nil {
 			return usagef("map: --max-length: %v", err)
 		}
 	}

@@ -57,6 +57,19 @@ an error naming the option.
 
 // cmdMount implements "qcow2fs mount" and the mount.fuse3 form.
 func cmdMount(args []string) error {
+	cfg, pos, err := parseMountArgs(args)
+	if err != nil {
+		return err
+	}
+	if len(pos) < 2 {
+		return usagef("mount: need at least one IMAGE and a MOUNTPOINT (see qcow2fs mount --help)")
+	}
+	return mount(cfg, pos[:len(pos)-1], pos[len(pos)-1], false)
+}
+
+// parseMountArgs reads mount's flags and -o options; it returns the
+// configuration and the positional arguments.
+func parseMountArgs(args []string) (*mountConfig, []string, error) {
 	fs := newFlagSet("mount", mountUsage)
 	var cfg mountConfig
 	var opts []string
@@ -76,25 +89,21 @@ func cmdMount(args []string) error {
 	fs.StringVar(&cfg.LogFile, "log", "", "log to `FILE` instead of syslog")
 	fs.BoolVarP(&cfg.Debug, "debug", "d", false, "log every FUSE request")
 	if err := parseFlags(fs, args); err != nil {
-		return err
+		return nil, nil, err
 	}
 	if cacheSize != "" {
 		n, err := parseSize(cacheSize)
 		if err != nil {
-			return usagef("--cache-size: %v", err)
+			return nil, nil, usagef("--cache-size: %v", err)
 		}
 		cfg.CacheSize = n
 	}
 	for _, o := range opts {
 		if err := applyMountOptions(&cfg, o); err != nil {
-			return &usageError{err.Error()}
+			return nil, nil, &usageError{err.Error()}
 		}
 	}
-	pos := fs.Args()
-	if len(pos) < 2 {
-		return usagef("mount: need at least one IMAGE and a MOUNTPOINT (see qcow2fs mount --help)")
-	}
-	return mount(&cfg, pos[:len(pos)-1], pos[len(pos)-1], false)
+	return &cfg, fs.Args(), nil
 }
 
 // cmdMountHelper is the interface mount(8) uses for /sbin/mount.TYPE

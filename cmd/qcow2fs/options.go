@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 )
 
@@ -132,54 +131,4 @@ func parseOnOff(s string) (bool, error) {
 		return false, nil
 	}
 	return false, fmt.Errorf("want on or off, not %q", s)
-}
-
-// parseSize reads a byte count with an optional binary suffix: 512, 64k,
-// 32M, 1G, 1GiB (k/M/G/T, case-insensitive, optional "iB" or "B").
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	lower := strings.ToLower(t)
-	lower = strings.TrimSuffix(lower, "ib")
-	lower = strings.TrimSuffix(lower, "b")
-	shift := 0
-	if n := len(lower); n > 0 {
-		switch lower[n-1] {
-		case 'k':
-			shift = 10
-		case 'm':
-			shift = 20
-		case 'g':
-			shift = 30
-		case 't':
-			shift = 40
-		}
-		if shift != 0 {
-			lower = lower[:n-1]
-		}
-	}
-	v, err := strconv.ParseUint(lower, 10, 63)
-	if err != nil || t == "" {
-		return 0, fmt.Errorf("bad size %q (want e.g. 64M)", s)
-	}
-	if v > (1<<63-1)>>shift {
-		return 0, fmt.Errorf("size %q too large", s)
-	}
-	return int64(v << shift), nil
-}
-
-// humanSize formats n bytes the way qemu-img does: "4 MiB", "1.5 GiB".
-func humanSize(n int64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
-	f := float64(n)
-	i := 0
-	for f >= 1024 && i < len(units)-1 {
-		f /= 1024
-		i++
-	}
-	if i == 0 {
-		return fmt.Sprintf("%d B", n)
-	}
-	s := strconv.FormatFloat(f, 'f', 3, 64)
-	s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
-	return s + " " + units[i]
 }

@@ -36,7 +36,7 @@ func TestApplyMountOptions(t *testing.T) {
 		{in: "ro,frobnicate=1", err: `unknown mount option "frobnicate=1"`},
 		{in: "ro=1", err: `unknown mount option "ro=1"`},
 		{in: "cache_size", err: `unknown mount option "cache_size"`},
-		{in: "cache_size=lots", err: `bad size`},
+		{in: "cache_size=lots", err: `invalid size`},
 		{in: "snapshots=maybe", err: `want on or off`},
 		{in: "log=", err: `empty file name`},
 	} {
@@ -80,33 +80,6 @@ func TestCheckMountConfig(t *testing.T) {
 		err := checkMountConfig(&tc.cfg, tc.n)
 		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
 			t.Errorf("%+v with %d images: %v, want %q", tc.cfg, tc.n, err, tc.want)
-		}
-	}
-}
-
-func TestParseSize(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want int64
-		ok   bool
-	}{
-		{"0", 0, true}, {"512", 512, true}, {"64k", 64 << 10, true}, {"64K", 64 << 10, true},
-		{"32M", 32 << 20, true}, {"32MiB", 32 << 20, true}, {"32MB", 32 << 20, true},
-		{"2G", 2 << 30, true}, {"1T", 1 << 40, true}, {"100b", 100, true},
-		{"", 0, false}, {"M", 0, false}, {"-1", 0, false}, {"1.5G", 0, false}, {"10X", 0, false},
-		{"99999999999T", 0, false},
-	} {
-		got, err := parseSize(tc.in)
-		if (err == nil) != tc.ok || got != tc.want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d ok=%v", tc.in, got, err, tc.want, tc.ok)
-		}
-	}
-}
-
-func TestHumanSize(t *testing.T) {
-	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1 KiB", 4 << 20: "4 MiB", 3 << 29: "1.5 GiB", 1 << 40: "1 TiB"} {
-		if got := humanSize(n); got != want {
-			t.Errorf("humanSize(%d) = %q, want %q", n, got, want)
 		}
 	}
 }

@@ -175,22 +175,6 @@ func writeSnapshotList(w io.Writer, snaps []qcow2.SnapshotInfo) {
 			icount = strconv.FormatUint(s.ICount, 10)
 		}
 		// (Names are escaped and bounded: they come from the image.)
-		fmt.Fprintf(w, "%-9s %-16s %8s%20s%13s%11s\n", imgtext.Escape(s.ID), imgtext.Escape(s.Name), qemuSizeString(s.VMStateSize), date, clock, icount)
+		fmt.Fprintf(w, "%-9s %-16s %8s%20s%13s%11s\n", imgtext.Escape(s.ID), imgtext.Escape(s.Name), formatSize(s.VMStateSize), date, clock, icount)
 	}
-}
-
-// qemuSizeString formats a byte count as QEMU's size_to_str does: three
-// significant digits and a binary unit ("0 B", "1 KiB", "1.46 GiB").
-func qemuSizeString(v uint64) string {
-	suffixes := []string{"", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"}
-	// The unit is the largest whose value is at least 1000/1024 of it, so
-	// the number stays below 1000.
-	_, exp := math.Frexp(float64(v) / (1000.0 / 1024.0))
-	i := (exp - 1) / 10
-	if i < 0 {
-		i = 0
-	}
-	i = min(i, len(suffixes)-1)
-	f := float64(v) / float64(uint64(1)<<(10*i))
-	return strconv.FormatFloat(f, 'g', 3, 64) + " " + suffixes[i] + "B"
 }
