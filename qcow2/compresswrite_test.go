@@ -12,20 +12,22 @@ import (
 	"testing"
 )
 
-// compressContent fills cluster i of a test disk: compressible text,
-// incompressible noise, half noise and half zeros, or all zeros.
+// compressContent fills cluster i of a test disk: incompressible noise,
+// compressible text, twice half noise and half zeros (two runs of just
+// over half a cluster: the second crosses into the next host cluster), or
+// all zeros.
 func compressContent(rng *rand.Rand, i int, cs int64) (data []byte, compressible bool) {
 	data = make([]byte, cs)
-	switch i % 4 {
-	case 0:
+	switch i % 5 {
+	case 1:
 		for o := 0; o < len(data); {
 			o += copy(data[o:], fmt.Sprintf("cluster %d line %d: the quick brown fox\n", i, o/40))
 		}
 		return data, true
-	case 1:
+	case 0:
 		rng.Read(data)
 		return data, false
-	case 2:
+	case 2, 3:
 		rng.Read(data[:cs/2])
 		return data, true
 	default:
@@ -157,6 +159,41 @@ func TestWriteCompressed(t *testing.T) {
 				}
 			}
 			verify("written", compressible)
+			// Packed back to back: runs share host clusters, and some run
+			// crosses into the next host cluster.
+			if !strings.Contains(tc.opts, "refcount_bits=1") {
+				r, err := Open(path, OpenOptions{ReadOnly: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				hostClusters := map[int64]bool{}
+				ncomp, crossing := 0, 0
+				r.s.mu.Lock()
+				for c := range int64(tc.n) {
+					e, err := r.lookup(c)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if !e.compressed() {
+						continue
+					}
+					if e.bitmap != 0 {
+						t.Fatalf("compressed entry with subcluster bitmap %#x", e.bitmap)
+					}
+					host, length := compressedDescriptor(e.word, r.s.g.clusterBits)
+					ncomp++
+					hostClusters[host>>r.s.g.clusterBits] = true
+					end := host&^511 + (length+host&511+511)/512*512
+					if (end-1)>>r.s.g.clusterBits != host>>r.s.g.clusterBits {
+						crossing++
+					}
+				}
+				r.s.mu.Unlock()
+				r.Close()
+				if len(hostClusters) >= ncomp || crossing == 0 {
+					t.Fatalf("%d compressed clusters in %d host clusters, %d crossing a cluster boundary", ncomp, len(hostClusters), crossing)
+				}
+			}
 			// Smaller than the same disk written normally (packed: the
 			// compressed runs share host clusters unless 1-bit refcounts
 			// forbid it).
