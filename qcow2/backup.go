@@ -34,6 +34,10 @@ type BackupOptions struct {
 	// qcow2 image), stored as given: relative to the target's directory
 	// when not absolute, as qemu-img stores it.
 	BackingFile string
+	// Compress writes the target's data clusters compressed (with the
+	// source's compression type; see WriteCompressed). Zero clusters stay
+	// zero clusters.
+	Compress bool
 	// Progress, when set, is called with the bytes copied so far and the
 	// total to copy.
 	Progress func(done, total int64)
@@ -147,6 +151,9 @@ func backupTo(img *Image, target string, o BackupOptions) error {
 		}
 	}()
 	co := CreateOptions{Size: img.Size(), ClusterSize: cs}
+	if o.Compress && img.s.compr == CompressionZstd {
+		co.CompressionType = "zstd"
+	}
 	if o.BackingFile != "" {
 		co.BackingFile, co.BackingFormat = o.BackingFile, "qcow2"
 	}
@@ -157,7 +164,11 @@ func backupTo(img *Image, target string, o BackupOptions) error {
 	if err != nil {
 		return err
 	}
-	if err := copyRanges(img, dst, ranges, o.BackingFile != "", o.Progress); err != nil {
+	cp := copyRanges
+	if o.Compress {
+		cp = copyRangesCompressed
+	}
+	if err := cp(img, dst, ranges, o.BackingFile != "", o.Progress); err != nil {
 		dst.Close()
 		return fmt.Errorf("backup of %s to %s: %w", img.Path(), target, err)
 	}
@@ -212,6 +223,63 @@ func copyRanges(src, dst *Image, ranges [][2]int64, backing bool, progress func(
 					if err != nil {
 						return err
 					}
+				}
+			}
+			done += n
+			progress(done, total)
+		}
+	}
+	return nil
+}
+
+// copyRangesCompressed is copyRanges writing whole clusters compressed:
+// ranges (cluster-aligned but for the disk's end) go in chunks of whole
+// clusters; a chunk without data is skipped or zeroed at once, the
+// clusters of the others are read and each written compressed, or as
+// zeros (a zero cluster with a backing file, nothing without).
+func copyRangesCompressed(src, dst *Image, ranges [][2]int64, backing bool, progress func(done, total int64)) error {
+	var total, done int64
+	for _, r := range ranges {
+		total += r[1] - r[0]
+	}
+	progress(0, total)
+	cs := src.ClusterSize()
+	chunk := max(copyChunk&^(cs-1), cs)
+	buf := make([]byte, chunk)
+	for _, r := range ranges {
+		for off := r[0]; off < r[1]; off += chunk {
+			n := min(chunk, r[1]-off)
+			exts, err := src.Map(off, n)
+			if err != nil {
+				return err
+			}
+			data := false
+			for _, e := range exts {
+				data = data || e.Kind == ExtentData
+			}
+			if !data {
+				if backing {
+					if err := dst.WriteZeroes(off, n); err != nil {
+						return err
+					}
+				}
+				done += n
+				progress(done, total)
+				continue
+			}
+			if _, err := src.ReadAt(buf[:n], off); err != nil {
+				return err
+			}
+			for o := int64(0); o < n; o += cs {
+				c := buf[o:min(o+cs, n)]
+				switch {
+				case !allZero(c):
+					err = dst.WriteCompressed(off+o, c)
+				case backing:
+					err = dst.WriteZeroes(off+o, int64(len(c)))
+				}
+				if err != nil {
+					return err
 				}
 			}
 			done += n

@@ -86,13 +86,19 @@ func roundOut(s []span, cs int64) []span {
 // the bitmap. Cluster sizes below, equal to and above the granularity.
 func TestBackupChain(t *testing.T) {
 	needQEMU(t)
-	for _, tc := range []struct{ cluster, gran int64 }{
-		{65536, 65536}, {4096, 65536}, {131072, 4096},
+	for _, tc := range []struct {
+		cluster, gran int64
+		compress      bool
+		opts          string
+	}{
+		{65536, 65536, false, ""}, {4096, 65536, false, ""}, {131072, 4096, false, ""},
+		{65536, 65536, true, ""}, {4096, 65536, true, ",compression_type=zstd"},
+		{131072, 4096, true, ",extended_l2=on"},
 	} {
-		t.Run(fmt.Sprintf("cluster%d-gran%d", tc.cluster, tc.gran), func(t *testing.T) {
+		t.Run(fmt.Sprintf("cluster%d-gran%d-compress%v%s", tc.cluster, tc.gran, tc.compress, tc.opts), func(t *testing.T) {
 			dir := t.TempDir()
 			const size = 16 << 20
-			img := createImage(t, dir, "vm.qcow2", size, "cluster_size="+strconv.FormatInt(tc.cluster, 10))
+			img := createImage(t, dir, "vm.qcow2", size, "cluster_size="+strconv.FormatInt(tc.cluster, 10)+tc.opts)
 			qemuImg(t, dir, "bitmap", "--add", "-g", strconv.FormatInt(tc.gran, 10), img, "b")
 			qemuIO(t, img, "qcow2", []ioOp{write(1, 0, 1<<20), zero(2<<20, 1<<20), write(2, 5<<20, 100<<10), write(0, 7<<20, 192<<10)})
 			imageWrites(t, img, []ioOp{write(3, 9<<20+512, 3000), write(4, size-4096, 4096)})
@@ -111,12 +117,41 @@ func TestBackupChain(t *testing.T) {
 			}
 
 			// Full backup, starting the chain: everything copied, bitmap cleared.
+			var plain string
+			if tc.compress {
+				// The same backup uncompressed, to compare sizes.
+				plain = filepath.Join(dir, "plain.qcow2")
+				if err := Backup(img, plain, BackupOptions{Bitmap: "b", Full: true}); err != nil {
+					t.Fatal(err)
+				}
+			}
 			full := filepath.Join(dir, "full.qcow2")
-			if err := Backup(img, full, BackupOptions{Bitmap: "b", Full: true, Clear: true}); err != nil {
+			if err := Backup(img, full, BackupOptions{Bitmap: "b", Full: true, Clear: true, Compress: tc.compress}); err != nil {
 				t.Fatal(err)
 			}
 			raw0 := snapshot("raw0")
 			verify(full, raw0)
+			if tc.compress {
+				verify(plain, raw0)
+				fi, err1 := os.Stat(full)
+				pi, err2 := os.Stat(plain)
+				if err1 != nil || err2 != nil {
+					t.Fatal(err1, err2)
+				}
+				if fi.Size() >= pi.Size() {
+					t.Fatalf("compressed backup is %d bytes, uncompressed %d", fi.Size(), pi.Size())
+				}
+				if n := qemuCompressedCount(t, full); n == 0 {
+					t.Fatal("compressed backup has no compressed cluster")
+				}
+				want := "zlib"
+				if strings.Contains(tc.opts, "zstd") {
+					want = "zstd"
+				}
+				if out := string(qemuImg(t, dir, "info", "--output=json", full)); !strings.Contains(out, `"compression-type": "`+want+`"`) {
+					t.Fatalf("full backup not %s-compressed:\n%s", want, out)
+				}
+			}
 			if d := ourDirty(t, img, "b"); len(d) != 0 {
 				t.Fatalf("bitmap not cleared: %s", spansText(d))
 			}
@@ -136,11 +171,14 @@ func TestBackupChain(t *testing.T) {
 				imageWrites(t, img, ops)
 				dirty := ourDirty(t, img, "b")
 				target := filepath.Join(dir, name+".qcow2")
-				if err := Backup(img, target, BackupOptions{Bitmap: "b", Clear: true, BackingFile: backing}); err != nil {
+				if err := Backup(img, target, BackupOptions{Bitmap: "b", Clear: true, BackingFile: backing, Compress: tc.compress}); err != nil {
 					t.Fatal(err)
 				}
 				raw := snapshot(name)
 				verify(target, raw)
+				if tc.compress && qemuCompressedCount(t, target) == 0 {
+					t.Fatalf("%s has no compressed cluster", name)
+				}
 				own := ownRanges(t, target)
 				if len(own) == 0 || !within(own, roundOut(dirty, tc.cluster)) {
 					t.Fatalf("%s holds %s, dirty was %s", name, spansText(own), spansText(dirty))

@@ -192,6 +192,9 @@ func (w *writer) applyFrees(frees []pendingFree) error {
 					s.l2c.Drop(uint64(cl<<s.g.clusterBits + so))
 				}
 				_ = s.f.PunchHole(cl<<s.g.clusterBits, s.g.clusterSize)
+				if w.zFree != 0 && cl == w.zFree>>s.g.clusterBits {
+					w.zFree = 0 // the current compressed cluster is gone
+				}
 				if cl < w.freeHint {
 					w.freeHint = cl
 				}

@@ -41,6 +41,10 @@ type writer struct {
 	// the file's end then: clusters from here on read as zeros, so a new
 	// data cluster there needs no zero padding written around a write.
 	fresh int64
+	// zFree is the free tail of the current compressed cluster: the host
+	// byte where the next compressed run starts (0: none; see
+	// WriteCompressed).
+	zFree int64
 }
 
 type pendingFree struct {

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"errors"
-
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -30,7 +28,10 @@ a relative name is relative to TARGET's directory, as qemu-img stores it).
                  directory too), so a failed backup loses no dirty bits;
                  IMAGE is then held with the writer locks throughout
   -b BACKING     TARGET's backing file (only for an incremental backup)
-  -c             compressed clusters: not supported yet (refused)
+  -c             write TARGET's data clusters compressed, with IMAGE's
+                 compression type (zlib or zstd; TARGET is created with it);
+                 clusters that do not compress are written as they are,
+                 zero clusters stay zero clusters
   -p             progress bar when stderr is a terminal
 
 A chain starts with "backup --bitmap NAME --full --clear IMAGE full.qcow2"
@@ -45,7 +46,7 @@ func cmdBackup(args []string) error {
 	full := fs.Bool("full", false, "copy everything even with --bitmap")
 	clearBitmap := fs.Bool("clear", false, "clear the bitmap once TARGET is durable")
 	backing := fs.StringP("backing", "b", "", "`BACKING` file of TARGET (the previous backup)")
-	compress := fs.BoolP("compress", "c", false, "compressed clusters (not supported yet)")
+	compress := fs.BoolP("compress", "c", false, "write the data clusters compressed")
 	format := fs.StringP("format", "f", "qcow2", "image `FORMAT` (only qcow2)")
 	prog := fs.BoolP("progress", "p", false, "show a progress bar when stderr is a terminal")
 	if err := parseFlags(fs, args); err != nil {
@@ -72,13 +73,11 @@ func cmdBackup(args []string) error {
 	if fs.NArg() != 2 {
 		return usagef("backup: need IMAGE and TARGET (see qcow2fs backup --help)")
 	}
-	if *compress {
-		return errors.New("backup: -c: writing compressed clusters is not supported yet")
-	}
 	path, target := fs.Arg(0), fs.Arg(1)
 	p := newProgress(*prog, "backing up")
 	err := qcow2.Backup(path, target, qcow2.BackupOptions{
-		Bitmap: *bitmap, Full: *full, Clear: *clearBitmap, BackingFile: *backing, Progress: p.update,
+		Bitmap: *bitmap, Full: *full, Clear: *clearBitmap, BackingFile: *backing, Compress: *compress,
+		Progress: p.update,
 	})
 	if err != nil {
 		p.abort()

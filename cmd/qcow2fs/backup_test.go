@@ -2,14 +2,15 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 )
 
-// TestBackupUsage: usage errors exit 2 naming the problem, -c is refused
-// as not supported yet, an existing target and a missing image exit 1
-// naming the file, --help describes the command.
+// TestBackupUsage: usage errors exit 2 naming the problem, an existing
+// target and a missing image exit 1 naming the file, --help describes the
+// command; a plain and a compressed (-c, zstd) backup restore the disk.
 func TestBackupUsage(t *testing.T) {
 	dir := t.TempDir()
 	img := filepath.Join(dir, "vm.qcow2")
@@ -34,7 +35,6 @@ func TestBackupUsage(t *testing.T) {
 		{[]string{"backup", "--bitmap", "", img, target}, exitUsage, "empty value"},
 		{[]string{"backup", "-f", "raw", img, target}, exitUsage, "only the qcow2 format"},
 		{[]string{"backup", "--nope", img, target}, exitUsage, "unknown flag: --nope"},
-		{[]string{"backup", "-c", img, target}, exitError, "compressed clusters is not supported yet"},
 		{[]string{"backup", img, exists}, exitError, exists + ": target already exists"},
 		{[]string{"backup", filepath.Join(dir, "missing.qcow2"), target}, exitError, "missing.qcow2"},
 		{[]string{"backup", "--bitmap", "nope", "--full", img, target}, exitError, "Dirty bitmap 'nope' not found"},
@@ -54,7 +54,7 @@ func TestBackupUsage(t *testing.T) {
 		t.Errorf("existing target overwritten")
 	}
 	code, stdout, _ := runCLI(t, "backup", "--help")
-	for _, want := range []string{"Usage: qcow2fs backup", "--bitmap NAME", "--full", "--clear", "-b BACKING", "not supported yet", "-p"} {
+	for _, want := range []string{"Usage: qcow2fs backup", "--bitmap NAME", "--full", "--clear", "-b BACKING", "compressed", "-p"} {
 		if code != exitOK || !strings.Contains(stdout, want) {
 			t.Errorf("backup --help: exit %d, no %q:\n%s", code, want, stdout)
 		}
@@ -68,4 +68,23 @@ func TestBackupUsage(t *testing.T) {
 	}
 	qemu(t, "qemu-img", "compare", img, target)
 	qemu(t, "qemu-img", "check", target)
+
+	// -c: compressed clusters, with the source's compression type.
+	zimg := filepath.Join(dir, "z.qcow2")
+	qemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", zimg, "4M")
+	qemu(t, "qemu-io", "-c", "write -P 0xab 0 1M", "-c", "write -P 0x11 2M 64k", zimg)
+	ztarget := filepath.Join(dir, "zt.qcow2")
+	if code, _, stderr := runCLI(t, "backup", "-c", zimg, ztarget); code != exitOK || stderr != "" {
+		t.Fatalf("backup -c: exit %d, %q", code, stderr)
+	}
+	qemu(t, "qemu-img", "compare", zimg, ztarget)
+	qemu(t, "qemu-img", "check", ztarget)
+	if info, err := exec.Command("qemu-img", "info", "--output=json", ztarget).CombinedOutput(); err != nil || !strings.Contains(string(info), `"compression-type": "zstd"`) {
+		t.Errorf("backup -c target not zstd:\n%s", info)
+	}
+	zi, err1 := os.Stat(zimg)
+	zt, err2 := os.Stat(ztarget)
+	if err1 != nil || err2 != nil || zt.Size() >= zi.Size() {
+		t.Errorf("backup -c target is %d bytes, the source %d (%v %v)", zt.Size(), zi.Size(), err1, err2)
+	}
 }
