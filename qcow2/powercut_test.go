@@ -106,6 +106,9 @@ type crashConfig struct {
 	ops      int   // per writer
 	maxLen   int64 // longest op (writers == 1)
 	size     int64
+	// compressOps: some ops (writers == 1) write whole clusters with
+	// WriteCompressed (backup -c's path).
+	compressOps bool
 }
 
 // crashConfigs are the shapes the model covers; each is a place where an
@@ -122,6 +125,7 @@ func crashConfigs() []crashConfig {
 		{name: "datafile-tiny-cache-2w", opts: "cluster_size=4096", dataFile: true, initial: "data", cache: 8 << 10, writers: 2, stripe: 6 << 10, ops: 200, size: 8 << 20},
 		{name: "tiny-cache-extl2-backing-4w", opts: "cluster_size=16384,extended_l2=on", backing: true, cache: 8 << 10, writers: 4, stripe: 2560, ops: 120, size: 12 << 20},
 		{name: "bitmap-2w", opts: "cluster_size=65536", initial: "bitmap", writers: 2, stripe: 5 << 10, ops: 200},
+		{name: "compressed-writes", opts: "cluster_size=16384", initial: "data", compressOps: true, writers: 1, ops: 300, maxLen: 40 << 10},
 		{name: "v2-backing", opts: "compat=0.10,cluster_size=4096", backing: true, writers: 1, ops: 300, maxLen: 40 << 10},
 	}
 }
@@ -300,11 +304,24 @@ func (r *crashRun) recordWorkload(t *testing.T) {
 					b := a + 1 + rng.Int63n(cfg.stripe/512-a)
 					off, n = j*cfg.stripe+a*512, (b-a)*512
 				}
+				compressed := cfg.compressOps && rng.Intn(3) == 0
+				if compressed {
+					cs := im.ClusterSize()
+					off, n = rng.Int63n(cfg.size/cs)*cs, cs
+				}
 				op := guestOp{off: off, n: n}
 				k := rng.Intn(10)
-				if k < 7 {
+				if k < 7 || compressed {
 					op.data = make([]byte, n)
 					rng.Read(op.data)
+				}
+				if compressed {
+					// Compressible: runs of one byte with random breaks.
+					for j := range op.data {
+						if j%97 != 0 {
+							op.data[j] = op.data[j-j%97]
+						}
+					}
 				}
 				opsMu.Lock()
 				idx := len(r.ops)
@@ -313,6 +330,8 @@ func (r *crashRun) recordWorkload(t *testing.T) {
 				opsMu.Unlock()
 				var err error
 				switch {
+				case compressed:
+					err = im.WriteCompressed(off, op.data)
 				case k < 7:
 					_, err = im.WriteAt(op.data, off)
 				case k < 9:
