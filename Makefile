@@ -12,10 +12,22 @@ SBINDIR  ?= /sbin
 # Extra flags for go test, e.g. make test TESTFLAGS='-v -run TestReadMatrix'.
 TESTFLAGS ?=
 
-.PHONY: build test vet fmt install demo clean fuzz soak
+.PHONY: build test vet fmt install demo clean fuzz soak deb
+
+# The version: the git tag (v0.3.0 -> 0.3.0), else the VERSION file;
+# qcow2fs --version prints it.
+VERSION  := $(shell scripts/version.sh)
+LDFLAGS  := -X main.version=$(VERSION)
 
 build:
-	$(GO) build -o $(BIN) ./cmd/qcow2fs
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/qcow2fs
+
+# qcow2fs_VERSION_ARCH.deb (in DEBDIR) with dpkg-deb, offline: /usr/bin/qcow2fs,
+# the /sbin mount helpers, man pages, bash and zsh completion, the
+# qcow2fs@.service template and the .mount examples of docs/MOUNTING.md.
+DEBDIR ?= .
+deb:
+	GO=$(GO) bash scripts/deb.sh $(DEBDIR)
 
 vet:
 	$(GO) vet ./...

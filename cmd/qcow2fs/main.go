@@ -29,33 +29,12 @@ func usagef(format string, args ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, args...)}
 }
 
-const mainUsage = `qcow2fs presents QCOW2 disk images as flat raw files through FUSE.
-
-Usage:
-  qcow2fs mount [OPTIONS] IMAGE... MOUNTPOINT   mount images (vm.qcow2 appears as vm.raw)
-  qcow2fs unmount MOUNTPOINT                    unmount and wait for the daemon to finish
-  qcow2fs status [--output human|json]          list mounts: mount points, modes, daemon pids
-  qcow2fs info [--output human|json] IMAGE      describe an image, its backing chain and partitions
-  qcow2fs hash [--algo sha256|sha1|md5] IMAGE   hash of the virtual disk (what vm.raw hashes to)
-  qcow2fs create [-o OPTS] [-b BACKING] IMAGE [SIZE]  create an image (like qemu-img create)
-  qcow2fs check [--repair leaks|all] IMAGE      check (and repair) the metadata; exit codes as qemu-img check
-  qcow2fs snapshot list|create|delete|apply [NAME] IMAGE   internal snapshots
-  qcow2fs resize [--shrink] IMAGE [+|-]SIZE     change the virtual size
-  qcow2fs map [--output human|json] [--bitmap NAME] IMAGE  allocation runs (or a bitmap's dirty runs)
-  qcow2fs bitmap --add|--remove|--clear|--enable|--disable|--merge SRC IMAGE BITMAP  persistent dirty bitmaps
-  qcow2fs backup [--bitmap NAME [--full] [--clear]] [-b BACKING] IMAGE TARGET  full or incremental backup
-  qcow2fs commit IMAGE                          write the image's data into its backing file
-  qcow2fs rebase [-u] -b NEW [-F FMT] IMAGE     change the backing file
-  qcow2fs version                               print the version
-  qcow2fs SOURCE MOUNTPOINT -o OPTIONS          mount helper form (fstab, mount.fuse3)
-
-Run "qcow2fs COMMAND --help" for a command's options.
-
-Exit codes: 0 success, 1 error, 2 usage error.
-`
+// mainUsage is the top-level help, built from commandTable (docs.go),
+// which the man page and the shell completions also come from.
+var mainUsage = buildMainUsage()
 
 // commands maps subcommand names to their implementation: a new command
-// is one line here (and one in mainUsage).
+// is one line here (and one in commandTable, docs.go).
 var commands = map[string]func(args []string) error{
 	"mount":   cmdMount,
 	"unmount": cmdUnmount,
@@ -64,6 +43,9 @@ var commands = map[string]func(args []string) error{
 	"info":    cmdInfo,
 	"hash":    cmdHash,
 	"version": cmdVersion,
+	// Hidden: generate the man pages and shell completions (docs.go).
+	"gen-man":    cmdGenMan,
+	"completion": cmdCompletion,
 }
 
 func main() {
@@ -153,6 +135,7 @@ func oneLine(s string) string {
 // prints its help to stdout.
 func newFlagSet(name, usage string) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	flagSetUsage[fs] = usage
 	fs.SortFlags = false
 	fs.BoolP("help", "h", false, "show this help")
 	fs.Usage = func() {
@@ -193,6 +176,12 @@ func flagUsages(fs *pflag.FlagSet) string {
 // parseFlags parses args; flag errors become usage errors (exit 2) and
 // --help prints the help and ends the command successfully.
 func parseFlags(fs *pflag.FlagSet, args []string) error {
+	if flagCapture != nil {
+		// Documentation run (docs.go): hand the flag set over and end
+		// the command before it does anything.
+		flagCapture(fs)
+		return errFlagsCaptured
+	}
 	// pflag prints parse errors to its output before returning them; we
 	// print our own one-line message instead.
 	fs.SetOutput(discard{})

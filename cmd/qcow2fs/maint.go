@@ -184,7 +184,7 @@ func findImageUses(target string) []imageUse {
 	}
 	var uses []imageUse
 	seen := map[string]bool{}
-	if dir := runStateDir(); dir != "" {
+	if dir := usableRunDir(); dir != "" {
 		files, _ := filepath.Glob(filepath.Join(dir, "*.json"))
 		for _, f := range files {
 			rs := loadRunState(f)

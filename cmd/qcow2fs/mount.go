@@ -154,6 +154,9 @@ func mount(cfg *mountConfig, sources []string, mountpoint string, fake bool) err
 	if err := checkMountConfig(cfg, len(images)); err != nil {
 		return err
 	}
+	if err := checkUserMount(cfg); err != nil {
+		return err
+	}
 	cfg.Images, cfg.FsName = images, fsName
 	if cfg.Overlay != "" {
 		if cfg.Overlay, err = resolveOverlay(cfg.Overlay, images[0]); err != nil {

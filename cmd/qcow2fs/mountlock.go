@@ -85,16 +85,17 @@ func hashName(s string) string {
 }
 
 // lockMount takes the locks of a mount, waiting at most mountLockTimeout
-// for another mount's set-up to finish. Without a run-state directory
-// (a user without XDG_RUNTIME_DIR) it locks nothing.
+// for another mount's set-up to finish. The locks live in the run-state
+// directory (root's, or the user's own private one); one that someone else
+// controls is refused rather than trusted.
 func lockMount(mountpoint string, files []string) (*mountLocks, error) {
 	l := &mountLocks{}
 	dir := runStateDir()
-	if dir == "" {
-		return l, nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return l, nil // best effort, like the run state itself
+	if err := ensureRunDir(dir); err != nil {
+		if errors.Is(err, errRunDirUnsafe) {
+			return nil, fmt.Errorf("cannot lock the mount: %w", err)
+		}
+		return l, nil // best effort, like the run state itself (read-only /run, say)
 	}
 	deadline := time.Now().Add(mountLockTimeout)
 	for _, k := range mountLockKeys(mountpoint, files) {

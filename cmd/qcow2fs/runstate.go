@@ -32,18 +32,34 @@ type runState struct {
 	LogFile    string   `json:"log_file,omitempty"`
 }
 
+// runStateDirOverride replaces the run-state directory in unit tests.
+var runStateDirOverride string
+
+// runStateDir is where daemons record themselves and mounts take their
+// locks: /run/qcow2fs for root, a private directory for other users
+// (userRunDir). Callers that read from it check it first (usableRunDir).
 func runStateDir() string {
+	if runStateDirOverride != "" {
+		return runStateDirOverride
+	}
 	if os.Geteuid() == 0 {
 		return "/run/qcow2fs"
 	}
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "qcow2fs")
+	return userRunDir()
+}
+
+// usableRunDir returns the run-state directory if it exists and is safe
+// to trust, else "" (nothing recorded there is believed).
+func usableRunDir() string {
+	dir := runStateDir()
+	if checkRunDir(dir) != nil {
+		return ""
 	}
-	return ""
+	return dir
 }
 
 func runStatePath(mountpoint string) string {
-	dir := runStateDir()
+	dir := usableRunDir()
 	if dir == "" {
 		return ""
 	}
@@ -52,6 +68,10 @@ func runStatePath(mountpoint string) string {
 }
 
 func writeRunState(cfg *mountConfig) {
+	if err := ensureRunDir(runStateDir()); err != nil {
+		logrus.Warnf("cannot record run state: %v", err)
+		return
+	}
 	path := runStatePath(cfg.Mountpoint)
 	if path == "" {
 		return
@@ -60,12 +80,10 @@ func writeRunState(cfg *mountConfig) {
 		Overlay: cfg.Overlay, Partitions: cfg.Partitions, LogFile: cfg.LogFile}
 	st.StartTime, _ = procStartTime(st.PID)
 	b, _ := json.MarshalIndent(st, "", "  ")
-	err := os.MkdirAll(filepath.Dir(path), 0o755)
+	tmp := path + ".tmp"
+	err := os.WriteFile(tmp, append(b, '\n'), 0o644)
 	if err == nil {
-		tmp := path + ".tmp"
-		if err = os.WriteFile(tmp, append(b, '\n'), 0o644); err == nil {
-			err = os.Rename(tmp, path)
-		}
+		err = os.Rename(tmp, path)
 	}
 	if err != nil {
 		logrus.Debugf("cannot record run state: %v", err)
@@ -145,7 +163,7 @@ func (st *runState) stopped() bool {
 // outlive the next status. Files of live daemons stay, also while they
 // flush after an unmount.
 func sweepRunStates() {
-	dir := runStateDir()
+	dir := usableRunDir()
 	if dir == "" {
 		return
 	}

@@ -20,8 +20,9 @@ state, the source and the images. The state is "serving" when the daemon
 answers, "stale" when it died (the next mount of that mount point or image
 cleans it up), and "not responding" when it is stopped or does not answer
 within a few seconds (status never waits longer on a mount). The pid is
-known for mounts made by this user (run state in /run/qcow2fs, or
-$XDG_RUNTIME_DIR/qcow2fs for other users); otherwise it shows as "-".
+known for mounts made by this user (run state in /run/qcow2fs for root;
+for other users $XDG_RUNTIME_DIR/qcow2fs, or /tmp/qcow2fs-UID when it is
+unset: a 0700 directory of theirs); otherwise it shows as "-".
 Run-state files of daemons that died are removed.
 `
 
