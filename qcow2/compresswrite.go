@@ -55,9 +55,9 @@ func compressCluster(typ uint8, src []byte, limit int) (out []byte, ok bool, err
 // WriteCompressed writes one whole guest cluster at off (cluster-aligned;
 // data is a cluster, or the rest of the disk for a last partial cluster)
 // compressed with the image's compression type. Data that does not
-// compress to less than a cluster minus 512 bytes is written as a normal
-// cluster. Compressed runs are packed back to back in host clusters, as
-// QEMU packs them; a cluster already allocated is replaced (its old
+// compress to less than a cluster is written as a normal cluster (QEMU
+// compresses into a buffer of a cluster minus one byte). Compressed runs
+// are packed back to back in host clusters, as QEMU packs them; a cluster already allocated is replaced (its old
 // reference dropped). External data files cannot hold compressed clusters.
 //
 // It is CompressCluster followed by StoreCompressed; callers that compress
@@ -105,7 +105,7 @@ func (img *Image) CompressCluster(off int64, data []byte) (CompressedCluster, er
 		src = make([]byte, cs) // last partial cluster: padded with zeros
 		copy(src, data)
 	}
-	z, ok, err := compressCluster(s.compr, src, int(cs-512))
+	z, ok, err := compressCluster(s.compr, src, int(cs))
 	if err != nil {
 		return CompressedCluster{}, fmt.Errorf("compress cluster at %d: %w", off, err)
 	}
@@ -187,7 +187,7 @@ func compressedWord(host, n int64, clusterBits uint) uint64 {
 }
 
 // allocCompressed returns the host offset for a compressed run of n bytes
-// (n < cluster size - 512), packed after the previous one in the current
+// (n < cluster size), packed after the previous one in the current
 // compressed cluster when possible (it may cross into the next cluster,
 // taken when free), else at the start of a new cluster. Each host cluster
 // the run touches gets one more reference. Caller holds s.mu.
