@@ -126,10 +126,18 @@ func TestConvertMatchesQEMU(t *testing.T) {
 		{name: "compress-zlib", build: qcowSource(size, ""),
 			opts: with(func(o *ConvertOptions) { o.Compress = true }), qemu: []string{"-c"}, verify: compressedSome},
 		{name: "compress-zstd-512", build: qcowSource(size, "cluster_size=512"),
-			opts: with(func(o *ConvertOptions) { o.Compress = true; o.Create.CompressionType = "zstd"; o.Create.ClusterSize = 512 }),
+			opts: with(func(o *ConvertOptions) {
+				o.Compress = true
+				o.Create.CompressionType = "zstd"
+				o.Create.ClusterSize = 512
+			}),
 			qemu: []string{"-c", "-o", "compression_type=zstd,cluster_size=512"}, verify: compressedSome},
 		{name: "compress-zstd-2M", build: qcowSource(size, ""),
-			opts: with(func(o *ConvertOptions) { o.Compress = true; o.Create.CompressionType = "zstd"; o.Create.ClusterSize = 2 << 20 }),
+			opts: with(func(o *ConvertOptions) {
+				o.Compress = true
+				o.Create.CompressionType = "zstd"
+				o.Create.ClusterSize = 2 << 20
+			}),
 			qemu: []string{"-c", "-o", "compression_type=zstd,cluster_size=2M"}, verify: compressedSome},
 		{name: "external-data-file", build: func(t *testing.T, dir string) (string, string) {
 			p := createImage(t, dir, "src.qcow2", size, "data_file=src.data")
