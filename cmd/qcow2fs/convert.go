@@ -101,9 +101,6 @@ func cmdConvert(args []string) error {
 	if fs.Changed("backing-format") && *backing == "" {
 		return usagef("convert: -F goes with -B BACKING")
 	}
-	if fs.Changed("backing") && *backing == "" {
-		return usagef("convert: -B needs a BACKING file")
-	}
 	if *compress && co.DataFile != "" {
 		return usagef("convert: -c: compressed clusters cannot live in an external data file")
 	}
@@ -116,9 +113,6 @@ func cmdConvert(args []string) error {
 	}
 	if *threads < 1 || *threads > 1024 {
 		return usagef("convert: -m: THREADS must be 1 to 1024, not %d", *threads)
-	}
-	if fs.Changed("snapshot") && *snapshot == "" {
-		return usagef("convert: --snapshot needs a NAME")
 	}
 	if *snapshot != "" && *format == "raw" {
 		return usagef("convert: --snapshot needs a qcow2 SOURCE")
