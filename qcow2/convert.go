@@ -77,10 +77,15 @@ type convSource interface {
 }
 
 // snapView is a snapshot view that also closes the image it came from.
+// Its size is the image's current virtual size, as qemu-img convert -l
+// takes it: past the snapshot's own disk size it reads as zeros (the
+// view's Map stops at its size, and what Map does not cover is zeros).
 type snapView struct {
 	*Image
 	parent *Image
 }
+
+func (v snapView) Size() int64 { return max(v.Image.Size(), v.parent.Size()) }
 
 func (v snapView) Close() error {
 	err := v.Image.Close()

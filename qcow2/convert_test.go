@@ -50,6 +50,9 @@ func qemuMapAll(t *testing.T, path string) []qemuMapJSON {
 func checkAgainstQEMU(t *testing.T, src, srcFmt, ours, oursFmt, theirs string, snapshot bool) {
 	t.Helper()
 	dir := filepath.Dir(ours)
+	if a, b := qemuImageInfo(t, ours).VirtualSize, qemuImageInfo(t, theirs).VirtualSize; a != b {
+		t.Errorf("virtual size %d, qemu-img's %d", a, b)
+	}
 	qemuImg(t, dir, "compare", "-f", oursFmt, "-F", oursFmt, ours, theirs)
 	if !snapshot {
 		qemuImg(t, dir, "compare", "-U", "-f", srcFmt, "-F", oursFmt, src, ours)
@@ -112,6 +115,8 @@ func TestConvertMatchesQEMU(t *testing.T) {
 			p, _ := qcowSource(size, "")(t, dir)
 			qemuImg(t, dir, "snapshot", "-c", "snap1", p)
 			qemuIO(t, p, "qcow2", []ioOp{write(0x77, 0, 4<<20), zero(12<<20, 1<<20)})
+			// qemu-img convert -l takes the image's current size.
+			qemuImg(t, dir, "resize", p, "20M")
 			return p, "qcow2"
 		}, opts: with(func(o *ConvertOptions) { o.Snapshot = "snap1" }), qemu: []string{"-l", "snapshot.name=snap1"}},
 		{name: "extended-l2", build: func(t *testing.T, dir string) (string, string) {
