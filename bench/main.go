@@ -36,7 +36,7 @@ type config struct {
 }
 
 // The sections of a run, in order; --only picks some.
-var sectionOrder = []string{"main", "ext4", "rss", "mounttime", "compressed"}
+var sectionOrder = []string{"main", "ext4", "rss", "mounttime", "compressed", "convert"}
 
 type bench struct {
 	cfg        config
@@ -171,6 +171,7 @@ func runBench(cfg config) int {
 	steps := map[string]func() error{
 		"main": b.runMain, "ext4": b.runExt4, "rss": b.runRSS,
 		"mounttime": b.runMountTime, "compressed": b.runCompressed,
+		"convert": b.runConvert,
 	}
 	var fatal error
 	for _, s := range sectionOrder {

@@ -55,41 +55,86 @@ func compressCluster(typ uint8, src []byte, limit int) (out []byte, ok bool, err
 // WriteCompressed writes one whole guest cluster at off (cluster-aligned;
 // data is a cluster, or the rest of the disk for a last partial cluster)
 // compressed with the image's compression type. Data that does not
-// compress to less than a cluster minus 512 bytes is written as a normal
-// cluster. Compressed runs are packed back to back in host clusters, as
-// QEMU packs them; a cluster already allocated is replaced (its old
+// compress to less than a cluster is written as a normal cluster (QEMU
+// compresses into a buffer of a cluster minus one byte). Compressed runs
+// are packed back to back in host clusters, as QEMU packs them; a cluster already allocated is replaced (its old
 // reference dropped). External data files cannot hold compressed clusters.
+//
+// It is CompressCluster followed by StoreCompressed; callers that compress
+// many clusters in parallel call the two themselves.
 func (img *Image) WriteCompressed(off int64, data []byte) error {
-	w := img.w
-	if w == nil {
-		return ErrReadOnly
+	cc, err := img.CompressCluster(off, data)
+	if err != nil {
+		return err
+	}
+	return img.StoreCompressed(cc)
+}
+
+// CompressedCluster is one guest cluster compressed by CompressCluster,
+// ready for StoreCompressed.
+type CompressedCluster struct {
+	off  int64
+	data []byte // the guest bytes (written as they are when z is nil)
+	z    []byte // the compressed run, nil when the data does not compress
+}
+
+// Compressed says whether the cluster compressed (else StoreCompressed
+// writes it as a normal cluster).
+func (cc CompressedCluster) Compressed() bool { return cc.z != nil }
+
+// CompressCluster checks a WriteCompressed of data at off and compresses
+// it. It takes no lock and touches no file: any number may run at once.
+// The result keeps data (not copied) until it is stored.
+func (img *Image) CompressCluster(off int64, data []byte) (CompressedCluster, error) {
+	if img.w == nil {
+		return CompressedCluster{}, ErrReadOnly
 	}
 	s := img.s
-	g := &s.g
-	cs := g.clusterSize
+	cs := s.g.clusterSize
 	if off < 0 || off >= img.size || off&(cs-1) != 0 {
-		return fmt.Errorf("compressed write at %d: %w (must start a cluster of the disk)", off, ErrOutOfRange)
+		return CompressedCluster{}, fmt.Errorf("compressed write at %d: %w (must start a cluster of the disk)", off, ErrOutOfRange)
 	}
 	if want := min(cs, img.size-off); int64(len(data)) != want {
-		return fmt.Errorf("compressed write at %d: %d bytes, must be %d (a whole cluster)", off, len(data), want)
+		return CompressedCluster{}, fmt.Errorf("compressed write at %d: %d bytes, must be %d (a whole cluster)", off, len(data), want)
 	}
 	if s.dataF != s.f {
-		return errors.New("compressed clusters are not supported with an external data file")
+		return CompressedCluster{}, errors.New("compressed clusters are not supported with an external data file")
 	}
 	src := data
 	if int64(len(data)) < cs {
 		src = make([]byte, cs) // last partial cluster: padded with zeros
 		copy(src, data)
 	}
-	z, ok, err := compressCluster(s.compr, src, int(cs-512))
+	z, ok, err := compressCluster(s.compr, src, int(cs))
 	if err != nil {
-		return fmt.Errorf("compress cluster at %d: %w", off, err)
+		return CompressedCluster{}, fmt.Errorf("compress cluster at %d: %w", off, err)
 	}
 	if !ok {
-		_, err := img.WriteAt(data, off)
+		z = nil
+	}
+	return CompressedCluster{off: off, data: data, z: z}, nil
+}
+
+// StoreCompressed writes a cluster compressed by CompressCluster of this
+// image: the compressed run packed after the previous one, or the data as
+// a normal cluster when it did not compress. Runs are packed in the order
+// they are stored.
+func (img *Image) StoreCompressed(cc CompressedCluster) error {
+	w := img.w
+	if w == nil {
+		return ErrReadOnly
+	}
+	s := img.s
+	g := &s.g
+	off, z := cc.off, cc.z
+	if cc.data == nil || off < 0 || off >= img.size || off&(g.clusterSize-1) != 0 {
+		return fmt.Errorf("compressed write at %d: %w (not from CompressCluster)", off, ErrOutOfRange)
+	}
+	if z == nil {
+		_, err := img.WriteAt(cc.data, off)
 		return err
 	}
-	if err := w.begin(off, int64(len(data))); err != nil {
+	if err := w.begin(off, int64(len(cc.data))); err != nil {
 		return err
 	}
 	w.ioLock.RLock()
@@ -142,7 +187,7 @@ func compressedWord(host, n int64, clusterBits uint) uint64 {
 }
 
 // allocCompressed returns the host offset for a compressed run of n bytes
-// (n < cluster size - 512), packed after the previous one in the current
+// (n < cluster size), packed after the previous one in the current
 // compressed cluster when possible (it may cross into the next cluster,
 // taken when free), else at the start of a new cluster. Each host cluster
 // the run touches gets one more reference. Caller holds s.mu.

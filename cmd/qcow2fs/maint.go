@@ -33,6 +33,7 @@ func init() {
 	commands["rebase"] = cmdRebase
 	commands["bitmap"] = cmdBitmap
 	commands["backup"] = cmdBackup
+	commands["convert"] = cmdConvert
 }
 
 // keyValue is one item of a -o list.
