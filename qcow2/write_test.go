@@ -63,6 +63,7 @@ type writeCase struct {
 	snap     bool
 	compr    bool // start from a compressed image
 	datafile bool
+	bitmaps  bool // persistent dirty bitmaps (one enabled, one disabled)
 }
 
 func TestWriteDifferential(t *testing.T) {
@@ -83,6 +84,8 @@ func TestWriteDifferential(t *testing.T) {
 		{name: "snapshot", opts: "compat=1.1,cluster_size=4096", size: 4 << 20, snap: true},
 		{name: "compressed", opts: "compat=1.1", size: 8 << 20, compr: true},
 		{name: "datafile", opts: "compat=1.1", size: 8 << 20, datafile: true},
+		{name: "bitmaps", opts: "compat=1.1,cluster_size=65536", size: 8 << 20, bitmaps: true},
+		{name: "bitmaps-extl2-backing", opts: "compat=1.1,extended_l2=on", size: 8 << 20, backing: "qcow2", bitmaps: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) { testWriteCase(t, tc) })
@@ -128,6 +131,10 @@ func testWriteCase(t *testing.T, tc writeCase) {
 		wrun(t, "qemu-img", "convert", "-c", "-O", "qcow2", "-o", tc.opts, src, img)
 	} else {
 		wrun(t, "qemu-img", append(args, img, fmt.Sprint(tc.size))...)
+	}
+	if tc.bitmaps {
+		wrun(t, "qemu-img", "bitmap", "--add", img, "b0")
+		wrun(t, "qemu-img", "bitmap", "--add", "-g", "4096", "--disable", img, "b1")
 	}
 	var snapWant []byte
 	if tc.snap {
@@ -204,6 +211,18 @@ func testWriteCase(t *testing.T, tc writeCase) {
 	qemuCheck(t, img)
 	if d := diffAt(qemuRaw(t, img), want); d != "" {
 		t.Fatalf("qemu reads: %s", d)
+	}
+	if tc.bitmaps {
+		// Kept, not in use, flags as they were (QEMU's view).
+		info := wrun(t, "qemu-img", "info", "--output=json", img)
+		for _, want := range []string{`"name": "b0"`, `"name": "b1"`, `"granularity": 4096`} {
+			if !strings.Contains(info, want) {
+				t.Fatalf("bitmaps after writes: %s missing from qemu-img info:\n%s", want, info)
+			}
+		}
+		if strings.Contains(info, "in-use") {
+			t.Fatalf("a bitmap is still in use after close:\n%s", info)
+		}
 	}
 	if snapWant != nil {
 		if d := diffAt(qemuRaw(t, img, "-l", "snapshot.name=s1"), snapWant); d != "" {
