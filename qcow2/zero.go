@@ -153,17 +153,28 @@ func (w *writer) replaceEntry(c int64, e, ne l2Entry) error {
 	return nil
 }
 
-// writeZeroBytes zeroes a range inside one subcluster unless it already
-// reads as zeros.
+// writeZeroBytes zeroes [skip, skip+length) of guest cluster c, a range
+// holding no whole subcluster: it lies inside one subcluster or straddles
+// two. Each part is left alone when its own subcluster already reads as
+// zeros (the other one may hold data).
 func (w *writer) writeZeroBytes(c, skip, length int64, e l2Entry) error {
 	g := &w.img.s.g
-	if !e.compressed() {
-		k, err := e.kind(g, int(skip>>g.subclusterBits))
-		if err == nil && (k == kindZero || k == kindUnallocated && w.img.s.backing == nil) {
-			return nil
+	sub := int64(1) << g.subclusterBits
+	for end := skip + length; skip < end; {
+		n := min(end, (skip/sub+1)*sub) - skip
+		zero := false
+		if !e.compressed() {
+			k, err := e.kind(g, int(skip>>g.subclusterBits))
+			zero = err == nil && (k == kindZero || k == kindUnallocated && w.img.s.backing == nil)
 		}
+		if !zero {
+			if err := w.writePiece(w.zeroBuf[:n], c, skip); err != nil {
+				return err
+			}
+		}
+		skip += n
 	}
-	return w.writePiece(w.zeroBuf[:length], c, skip)
+	return nil
 }
 
 // punchDataFile releases the space of guest cluster c in an external data
