@@ -111,6 +111,13 @@ func writeMatrix() []rwCase {
 			qemuCreate(k.t, path, fmt.Sprint(c.Size), "data_file="+k.BkPath("data.bin"), "", "")
 			qemuIO(k.t, path, c.prefill(k)...)
 		}},
+		// Persistent dirty bitmaps are kept (not leaked, not left in use).
+		{Name: "bitmaps", Cluster: k64, Size: 64 * mb, Ops: 2400, Build: func(k *imageKit, c rwCase, path string) {
+			qemuCreate(k.t, path, fmt.Sprint(c.Size), "", "", "")
+			qemuIO(k.t, path, c.prefill(k)...)
+			run(k.t, "qemu-img", "bitmap", "--add", path, "b0")
+			run(k.t, "qemu-img", "bitmap", "--add", "-g", "4096", "--disable", path, "b1")
+		}},
 		{Name: "extdata-raw", Cluster: k64, Size: 64 * mb, Ops: 2400, Build: func(k *imageKit, c rwCase, path string) {
 			qemuCreate(k.t, path, fmt.Sprint(c.Size), "data_file="+k.BkPath("data.bin")+",data_file_raw=on", "", "")
 			qemuIO(k.t, path, c.prefill(k)...)
