@@ -35,6 +35,8 @@ Usage:
   qcow2fs mount [OPTIONS] IMAGE... MOUNTPOINT   mount images (vm.qcow2 appears as vm.raw)
   qcow2fs unmount MOUNTPOINT                    unmount and wait for the daemon to finish
   qcow2fs status [--output human|json]          list mounts: mount points, modes, daemon pids
+  qcow2fs suspend [--timeout D] MOUNTPOINT      drain, flush and close the images, keep the mount (requests wait)
+  qcow2fs resume MOUNTPOINT                     reopen the images, refresh the snapshot files, go on
   qcow2fs info [--output human|json] IMAGE      describe an image, its backing chain and partitions
   qcow2fs hash [--algo sha256|sha1|md5] IMAGE   hash of the virtual disk (what vm.raw hashes to)
   qcow2fs create [-o OPTS] [-b BACKING] IMAGE [SIZE]  create an image (like qemu-img create)
