@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -78,6 +77,7 @@ func statusStateOf(js, mnt string) string {
 // bgCmd is a command running in the background, killed after the test if
 // still running.
 type bgCmd struct {
+	start          time.Time
 	cmd            *exec.Cmd
 	stdout, stderr bytes.Buffer
 	done           chan error
@@ -85,7 +85,7 @@ type bgCmd struct {
 
 func startBg(t *testing.T, dir, name string, args ...string) *bgCmd {
 	t.Helper()
-	b := &bgCmd{cmd: exec.Command(name, args...), done: make(chan error, 1)}
+	b := &bgCmd{start: time.Now(), cmd: exec.Command(name, args...), done: make(chan error, 1)}
 	b.cmd.Dir = dir
 	b.cmd.Stdout, b.cmd.Stderr = &b.stdout, &b.stderr
 	if err := b.cmd.Start(); err != nil {
@@ -136,7 +136,7 @@ func startFio(t *testing.T, s *liveStack) *bgCmd {
 	return startBg(t, s.fsDir, "fio",
 		"--name=live", "--directory="+s.fsDir,
 		"--ioengine=psync", "--direct=1", "--rw=randwrite", "--bs=4k",
-		"--numjobs=2", "--size=16M", "--loops=2",
+		"--numjobs=2", "--size=24M", "--loops=3",
 		"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--verify_backlog=512",
 		"--group_reporting", "--minimal")
 }
@@ -146,6 +146,7 @@ func fioOK(t *testing.T, fio *bgCmd, d time.Duration) {
 	if err := fio.wait(t, d); err != nil || strings.Contains(fio.stderr.String(), "verify") {
 		t.Fatalf("fio failed (%v):\nstdout:\n%s\nstderr:\n%s", err, fio.stdout.String(), fio.stderr.String())
 	}
+	t.Logf("fio wrote and verified for %v", time.Since(fio.start).Round(time.Second))
 }
 
 // q2 runs qcow2fs with a deadline; the mount is aborted if it hangs.
@@ -180,7 +181,9 @@ func TestLiveSuspendResume(t *testing.T) {
 	s := newLiveStack(t, "256M")
 	fio := startFio(t, s)
 	time.Sleep(3 * time.Second) // fio well under way
-
+	if fio.exited() {
+		t.Fatalf("fio ended before the suspend: the workload is too short to test anything:\n%s%s", fio.stdout.String(), fio.stderr.String())
+	}
 	mustBounded(t, time.Minute, []string{s.mnt}, "", "fsfreeze", "-f", s.fsDir)
 	start := time.Now()
 	q2OK(t, s.mnt, "suspend", "--timeout", "20s", s.mnt)
@@ -246,6 +249,9 @@ func TestLiveSnapshots(t *testing.T) {
 		}
 		t.Logf("live snapshot %s in %v", n, took.Round(time.Millisecond))
 		time.Sleep(2 * time.Second)
+	}
+	if fio.exited() {
+		t.Fatalf("fio ended before the last snapshot: the workload is too short to test anything")
 	}
 	fioOK(t, fio, 3*time.Minute)
 	for _, n := range names {
@@ -420,4 +426,4 @@ func controlSocketOf(t *testing.T, mnt string) string {
 	return strings.TrimSuffix(js, ".json") + ".sock"
 }
 
-var _ = strconv.Itoa
+
