@@ -425,5 +425,3 @@ func controlSocketOf(t *testing.T, mnt string) string {
 	js := runStateFile(t, mnt)
 	return strings.TrimSuffix(js, ".json") + ".sock"
 }
-
-
