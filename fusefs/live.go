@@ -3,6 +3,7 @@ package fusefs
 import (
 	"context"
 	"fmt"
+	"os"
 	"syscall"
 	"time"
 
@@ -81,6 +82,10 @@ func (s *Server) Suspend(timeout time.Duration) error {
 			return fmt.Errorf("suspend %s: flush %s: %w; not suspended", s.mountpoint, img.Path(), err)
 		}
 	}
+	s.files = make([]os.FileInfo, len(s.images))
+	for i, img := range s.images {
+		s.files[i], _ = img.Stat()
+	}
 	var firstErr error
 	for _, v := range s.views {
 		v.Close()
@@ -123,6 +128,12 @@ func (s *Server) Resume(images []*qcow2.Image) (*ResumeReport, error) {
 		if img.Size() != old.Size() {
 			return nil, fmt.Errorf("resume %s: the virtual size of %s changed from %d to %d bytes while suspended; the mount stays suspended (set the size back, then resume; or unmount)",
 				s.mountpoint, old.Path(), old.Size(), img.Size())
+		}
+		if was := s.files[i]; was != nil {
+			if now, err := img.Stat(); err == nil && !os.SameFile(was, now) {
+				return nil, fmt.Errorf("resume %s: %s is another file than the one suspended (replaced meanwhile); the mount stays suspended (put the file back, or unmount)",
+					s.mountpoint, old.Path())
+			}
 		}
 		if img.ReadOnly() != old.ReadOnly() {
 			return nil, fmt.Errorf("resume %s: %s reopened read-only", s.mountpoint, old.Path())

@@ -37,6 +37,9 @@ type Server struct {
 	liveMu    sync.Mutex
 	images    []*qcow2.Image
 	suspended bool
+	// files are the image files (device and inode) the images had when
+	// suspended: resume refuses a path that now leads to another file.
+	files []os.FileInfo
 }
 
 // Mount mounts images at mountpoint and starts serving in the background.

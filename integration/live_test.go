@@ -285,9 +285,10 @@ func TestLiveSnapshots(t *testing.T) {
 	}
 }
 
-// TestLiveResumeRefusals: a virtual size changed while suspended fails
-// the resume and the mount stays suspended (until the size is put back);
-// a daemon killed while suspended leaves a clean image.
+// TestLiveResumeRefusals: a virtual size changed while suspended, or the
+// image replaced by another file, fails the resume and the mount stays
+// suspended (until put back); a daemon killed while suspended leaves a
+// clean image.
 func TestLiveResumeRefusals(t *testing.T) {
 	t.Run("size-changed", func(t *testing.T) {
 		dir := testDir(t)
@@ -330,6 +331,36 @@ func TestLiveResumeRefusals(t *testing.T) {
 		if err != nil || !bytes.Equal(got, bytes.Repeat([]byte{0x5a}, 65536)) {
 			t.Fatalf("after resume the data differs (%v)", err)
 		}
+		unmountQcow2fs(t, mnt, img)
+		qemuCheckClean(t, img)
+	})
+	t.Run("file-replaced", func(t *testing.T) {
+		dir := testDir(t)
+		k := newImageKit(t, mkdir(t, dir, "img"))
+		mnt := mkdir(t, dir, "mnt")
+		img := k.Path("vm")
+		qemuCreate(t, img, "64M", "", "", "")
+		mountQcow2fs(t, mnt, nil, img)
+		t.Cleanup(func() {
+			if suspendedState(mnt) {
+				abortFuse(mnt)
+			}
+		})
+		q2OK(t, mnt, "suspend", mnt)
+		// Another file of the same size under the image's name.
+		keep := img + ".orig"
+		run(t, "ln", img, keep)
+		run(t, "cp", img, img+".new")
+		run(t, "mv", img+".new", img)
+		r := q2(mnt, "resume", mnt)
+		if r.Code != 1 || !strings.Contains(r.Stderr, "another file") {
+			t.Fatalf("resume with the image replaced: want exit 1 saying so, got %s", r)
+		}
+		if !suspendedState(mnt) {
+			t.Fatalf("the mount is not suspended after a refused resume")
+		}
+		run(t, "mv", keep, img)
+		q2OK(t, mnt, "resume", mnt)
 		unmountQcow2fs(t, mnt, img)
 		qemuCheckClean(t, img)
 	})
