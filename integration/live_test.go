@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -455,4 +456,58 @@ func controlSocketOf(t *testing.T, mnt string) string {
 	t.Helper()
 	js := runStateFile(t, mnt)
 	return strings.TrimSuffix(js, ".json") + ".sock"
+}
+
+// TestLiveSuspendTimeout: suspend --timeout gives up while a request is
+// still in flight (a read held up by a slow disk, injected): the mount is
+// not suspended, the request completes, and a later suspend succeeds.
+func TestLiveSuspendTimeout(t *testing.T) {
+	requireEnv(t)
+	bin := faultsBinary(t)
+	dir := testDir(t)
+	k := newImageKit(t, mkdir(t, dir, "img"))
+	mnt := mkdir(t, dir, "mnt")
+	img := k.Path("vm")
+	qemuCreate(t, img, "16M", "", "", "")
+	qemuIO(t, img, "write -P 0x77 0 64k")
+	var runs []struct {
+		Data   bool  `json:"data"`
+		Offset int64 `json:"offset"`
+	}
+	if err := json.Unmarshal([]byte(run(t, "qemu-img", "map", "--output=json", img)), &runs); err != nil || len(runs) == 0 || !runs[0].Data {
+		t.Fatalf("qemu-img map: %v %+v", err, runs)
+	}
+	t.Cleanup(func() {
+		if suspendedState(mnt) {
+			q2(mnt, "resume", mnt)
+		}
+		cleanupMount(t, mnt)
+	})
+	fault := fmt.Sprintf("QCOW2FS_FAULT_DELAY_READ=%s:%d:4s", img, runs[0].Offset)
+	if r := boundedEnv(30*time.Second, []string{fault}, []string{mnt}, "", bin, "mount", img, mnt); r.Code != 0 {
+		t.Fatalf("mount: %s", r)
+	}
+	raw := filepath.Join(mnt, "vm.raw")
+	read := startBg(t, "", "dd", "if="+raw, "of=/dev/null", "bs=4096", "count=1", "iflag=direct", "status=none")
+	time.Sleep(500 * time.Millisecond) // the read is in the daemon now
+	start := time.Now()
+	r := q2(mnt, "suspend", "--timeout", "1s", mnt)
+	took := time.Since(start)
+	if r.Code != 1 || !strings.Contains(r.Stderr, "in flight") {
+		t.Fatalf("suspend --timeout 1s with a read in flight for 4s: want exit 1 saying so, got %s", r)
+	}
+	if took > 3*time.Second {
+		t.Fatalf("suspend --timeout 1s took %v", took)
+	}
+	if suspendedState(mnt) {
+		t.Fatal("the mount is suspended after a suspend that timed out")
+	}
+	if err := read.wait(t, 30*time.Second); err != nil {
+		t.Fatalf("the read in flight failed: %v %s", err, read.stderr.String())
+	}
+	// Nothing in flight now: suspend and resume go through.
+	q2OK(t, mnt, "suspend", "--timeout", "1s", mnt)
+	q2OK(t, mnt, "resume", mnt)
+	unmountQcow2fs(t, mnt, img)
+	qemuCheckClean(t, img)
 }
