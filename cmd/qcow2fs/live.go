@@ -121,7 +121,7 @@ func qcow2fsMountpoint(arg string) (string, error) {
 	return mp, nil
 }
 
-// liveSnapshot asks the daemon of the read-write mount that holds path to
+// liveSnapshot asks the daemon of the read-write mount that serves path to
 // create or delete a snapshot between requests. handled is false when no
 // such mount holds the image (the caller then reports its own error).
 func liveSnapshot(op, name, path string, timeout time.Duration) (handled bool, err error) {
@@ -130,7 +130,7 @@ func liveSnapshot(op, name, path string, timeout time.Duration) (handled bool, e
 		return false, nil
 	}
 	for _, u := range findImageUses(abs) {
-		if u.Via != "" || u.Overlay || u.PID == 0 {
+		if u.Via != "" || u.Overlay || u.ReadOnly || u.PID == 0 {
 			continue
 		}
 		resp, err := callControl(u.Mountpoint, controlRequest{Op: op, Image: abs, Name: name, TimeoutMS: timeout.Milliseconds()}, timeout+controlSlack)
@@ -156,9 +156,13 @@ func isLockError(err error) bool {
 
 // liveHint is what a maintenance command refused on a mounted image says
 // about the live forms.
-func liveHint(mountpoint string) string {
-	return fmt.Sprintf("; or, without unmounting: qcow2fs snapshot create|delete NAME IMAGE (live), or qcow2fs suspend %s, then qcow2fs resume %s",
-		quoteArg(mountpoint), quoteArg(mountpoint))
+func liveHint(mountpoint string, readOnly bool) string {
+	snap := "qcow2fs snapshot create|delete NAME IMAGE (live), or "
+	if readOnly {
+		snap = "" // live snapshots are for read-write mounts
+	}
+	return fmt.Sprintf("; or, without unmounting: %sqcow2fs suspend %s, then qcow2fs resume %s",
+		snap, quoteArg(mountpoint), quoteArg(mountpoint))
 }
 
 func quoteArg(s string) string {

@@ -377,7 +377,7 @@ func maintError(name string, err error, readOnly bool) error {
 		}
 		live := ""
 		if u.Via == "" && !u.Overlay {
-			live = liveHint(u.Mountpoint)
+			live = liveHint(u.Mountpoint, u.ReadOnly)
 		}
 		return fmt.Errorf("%s; unmount it first (qcow2fs unmount %s)%s%s", what, u.Mountpoint, live, hint)
 	}
