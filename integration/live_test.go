@@ -131,14 +131,14 @@ func (b *bgCmd) exited() bool {
 	}
 }
 
-// startFio runs fio on ext4: random direct writes, each block verified
-// (crc32c) shortly after it is written and all of them again at the end.
+// startFio runs fio on ext4 for 20 s: random direct writes, each block
+// verified (crc32c) shortly after it is written (verify_backlog).
 func startFio(t *testing.T, s *liveStack) *bgCmd {
 	return startBg(t, s.fsDir, "fio",
 		"--name=live", "--directory="+s.fsDir,
 		"--ioengine=psync", "--direct=1", "--rw=randwrite", "--bs=4k",
-		"--numjobs=2", "--size=24M", "--loops=3",
-		"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--verify_backlog=512",
+		"--numjobs=2", "--size=24M", "--time_based", "--runtime=20",
+		"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--verify_backlog=256",
 		"--group_reporting", "--minimal")
 }
 

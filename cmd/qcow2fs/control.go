@@ -172,6 +172,13 @@ func (c *controller) serveConn(conn net.Conn) {
 		b, _ := json.Marshal(r)
 		conn.Write(append(b, '\n'))
 	}
+	// The request is read (bounded) before anything is answered, so that
+	// a refusal reaches the caller rather than a broken pipe.
+	conn.SetReadDeadline(time.Now().Add(controlIOTimeout))
+	line, err := bufio.NewReaderSize(conn, 64<<10).ReadBytes('\n')
+	if err != nil {
+		return
+	}
 	uid, err := peerUID(conn)
 	if err != nil {
 		answer(controlResponse{Error: fmt.Sprintf("cannot tell who is asking: %v", err)})
@@ -180,11 +187,6 @@ func (c *controller) serveConn(conn net.Conn) {
 	if uid != 0 && uid != uint32(os.Getuid()) {
 		c.log.Warnf("control socket: refused a request from uid %d (only root and the mount's owner, uid %d, may control the mount)", uid, os.Getuid())
 		answer(controlResponse{Error: fmt.Sprintf("permission denied: uid %d is neither root nor the owner of the mount (uid %d)", uid, os.Getuid())})
-		return
-	}
-	conn.SetReadDeadline(time.Now().Add(controlIOTimeout))
-	line, err := bufio.NewReaderSize(conn, 64<<10).ReadBytes('\n')
-	if err != nil {
 		return
 	}
 	var req controlRequest
@@ -336,10 +338,12 @@ func callControl(mountpoint string, req controlRequest, wait time.Duration) (*co
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(wait))
 	b, _ := json.Marshal(req)
-	if _, err := conn.Write(append(b, '\n')); err != nil {
-		return nil, fmt.Errorf("%s: control socket: %v", mountpoint, err)
-	}
+	_, werr := conn.Write(append(b, '\n'))
+	// Even when the write failed the daemon may have answered (a refusal).
 	line, err := bufio.NewReaderSize(conn, 64<<10).ReadBytes('\n')
+	if err != nil && werr != nil {
+		return nil, fmt.Errorf("%s: control socket: %v", mountpoint, werr)
+	}
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
