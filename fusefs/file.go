@@ -56,6 +56,12 @@ type imageFile struct {
 	// perm narrows the permission bits (Options.Perm); nil keeps them.
 	perm PermFunc
 
+	// gate is the mount's suspend gate (gate.go, live.go): every request
+	// that touches img passes it. img is swapped (reopened at resume) only
+	// while the gate is closed and drained; nil means the file's snapshot
+	// was deleted while the mount was suspended.
+	gate *gate
+
 	// attrMu guards what chmod/chown/touch changed: kept in memory only
 	// (there is nowhere in a qcow2 image to store them). Unset fields
 	// follow the image file.
@@ -122,6 +128,10 @@ func (f *imageFile) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off 
 	if !f.health.ok() {
 		return nil, outOfService
 	}
+	if e := f.in(ctx); e != 0 {
+		return nil, e
+	}
+	defer f.gate.leave()
 	defer f.guard("read", off, &errno)
 	size := f.size()
 	if off >= size || len(dest) == 0 {
@@ -148,6 +158,10 @@ func (f *imageFile) Write(ctx context.Context, _ fs.FileHandle, data []byte, off
 	if !f.health.ok() {
 		return 0, outOfService
 	}
+	if e := f.in(ctx); e != 0 {
+		return 0, e
+	}
+	defer f.gate.leave()
 	defer f.guard("write", off, &errno)
 	if len(data) == 0 {
 		return 0, 0
@@ -173,16 +187,16 @@ func (f *imageFile) Write(ctx context.Context, _ fs.FileHandle, data []byte, off
 // Flush runs on every close(2) of a descriptor: make what was written
 // durable then, so that closing the file is a safe point.
 func (f *imageFile) Flush(ctx context.Context, _ fs.FileHandle) syscall.Errno {
-	return f.flush("flush")
+	return f.flush(ctx, "flush")
 }
 
 // Fsync makes every completed write durable (metadata in dependency order,
 // then fdatasync, inside Image.Flush).
 func (f *imageFile) Fsync(ctx context.Context, _ fs.FileHandle, flags uint32) syscall.Errno {
-	return f.flush("fsync")
+	return f.flush(ctx, "fsync")
 }
 
-func (f *imageFile) flush(op string) (errno syscall.Errno) {
+func (f *imageFile) flush(ctx context.Context, op string) (errno syscall.Errno) {
 	if f.ro {
 		return 0
 	}
@@ -190,6 +204,10 @@ func (f *imageFile) flush(op string) (errno syscall.Errno) {
 		// What was written may not be durable, and never will be.
 		return outOfService
 	}
+	if e := f.in(ctx); e != 0 {
+		return e
+	}
+	defer f.gate.leave()
 	defer f.guard(op, 0, &errno)
 	gen := f.writeGen.Load() // every write completed before this call
 	f.flushMu.Lock()
@@ -207,6 +225,10 @@ func (f *imageFile) flush(op string) (errno syscall.Errno) {
 // Getattr reports the virtual size, the host space the image really holds,
 // and owner and times of the image file unless changed through this mount.
 func (f *imageFile) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if e := f.in(ctx); e != 0 {
+		return e
+	}
+	defer f.gate.leave()
 	f.fillAttr(&out.Attr)
 	out.SetTimeout(attrTimeout)
 	return 0
@@ -255,6 +277,10 @@ func (f *imageFile) fillAttr(a *fuse.Attr) {
 // changes: the virtual size is changed offline, not under a mounted file.
 // Setting the size it already has is accepted (some tools do that).
 func (f *imageFile) Setattr(ctx context.Context, _ fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if e := f.in(ctx); e != 0 {
+		return e
+	}
+	defer f.gate.leave()
 	if sz, ok := in.GetSize(); ok && int64(sz) != f.size() {
 		f.log.WithField("image", f.img.Path()).Warnf(
 			"refused to change the size of %s to %d bytes while mounted; unmount and run `qcow2fs resize`", f.name, sz)
@@ -297,6 +323,10 @@ func (f *imageFile) Lseek(ctx context.Context, _ fs.FileHandle, off uint64, when
 	if !f.health.ok() {
 		return 0, outOfService
 	}
+	if e := f.in(ctx); e != 0 {
+		return 0, e
+	}
+	defer f.gate.leave()
 	defer f.guard("lseek", int64(off), &errno)
 	size := f.size()
 	if off >= uint64(size) {
@@ -342,6 +372,10 @@ func (f *imageFile) Allocate(ctx context.Context, _ fs.FileHandle, off, length u
 	if !f.health.ok() {
 		return outOfService
 	}
+	if e := f.in(ctx); e != 0 {
+		return e
+	}
+	defer f.gate.leave()
 	defer f.guard("fallocate", int64(off), &errno)
 	size := uint64(f.size())
 	end := off + length
@@ -378,4 +412,18 @@ func (f *imageFile) Allocate(ctx context.Context, _ fs.FileHandle, off, length u
 	f.writeGen.Add(1)
 	f.changed(at, n)
 	return f.toErrno(err, op, at, n)
+}
+
+// in lets a request on f through the suspend gate; on success the caller
+// defers f.gate.leave(). A file whose snapshot went away while the mount
+// was suspended answers ESTALE.
+func (f *imageFile) in(ctx context.Context) syscall.Errno {
+	if e := f.gate.enter(ctx); e != 0 {
+		return e
+	}
+	if f.img == nil {
+		f.gate.leave()
+		return syscall.ESTALE
+	}
+	return 0
 }

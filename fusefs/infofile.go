@@ -24,6 +24,7 @@ type infoFile struct {
 	img    *qcow2.Image
 	perm   PermFunc
 	health *imageHealth // the image's (guard.go)
+	gate   *gate        // the mount's suspend gate (gate.go); img is swapped behind it
 }
 
 var (
@@ -42,6 +43,10 @@ func (f *infoFile) Open(ctx context.Context, flags uint32) (_ fs.FileHandle, _ u
 	if !f.health.ok() {
 		return nil, 0, outOfService
 	}
+	if e := f.gate.enter(ctx); e != 0 {
+		return nil, 0, e
+	}
+	defer f.gate.leave()
 	defer f.guard("open", &errno)
 	// Direct I/O: the kernel must not cut reads at a size it cached from an
 	// earlier, shorter text, nor serve an old text from its page cache.
@@ -61,6 +66,10 @@ func (f *infoFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 }
 
 func (f *infoFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) (errno syscall.Errno) {
+	if e := f.gate.enter(ctx); e != 0 {
+		return e
+	}
+	defer f.gate.leave()
 	defer f.guard("getattr", &errno)
 	st := imageStat(f.img)
 	out.FromStat(st)

@@ -29,6 +29,17 @@ type Server struct {
 	dir       hostDir   // the root's host directory, closed with the views
 	health    *healthBook
 	closeOnce sync.Once
+
+	// Live operations (live.go). liveMu serialises suspend and resume;
+	// images are the caller's images while they are open, which suspend
+	// closes and resume replaces.
+	root      *rootDir
+	liveMu    sync.Mutex
+	images    []*qcow2.Image
+	suspended bool
+	// files are the image files (device and inode) the images had when
+	// suspended: resume refuses a path that now leads to another file.
+	files []os.FileInfo
 }
 
 // Mount mounts images at mountpoint and starts serving in the background.
@@ -45,7 +56,8 @@ func Mount(mountpoint string, images []*qcow2.Image, opts Options) (*Server, err
 	if err != nil {
 		return nil, err
 	}
-	srv := &Server{mountpoint: mountpoint, views: views, dir: hostDir{-1}, health: root.health}
+	srv := &Server{mountpoint: mountpoint, views: views, dir: hostDir{-1}, health: root.health, root: root,
+		images: append([]*qcow2.Image(nil), images...)}
 	// Opened before the mount, which may cover this very directory.
 	if root.dir, err = openHostDir(filepath.Dir(images[0].Path())); err != nil {
 		srv.closeViews()
@@ -124,7 +136,7 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 	if opts.Warn == nil {
 		opts.Warn = func(msg string) { opts.Log.Warn(msg) }
 	}
-	root := &rootDir{dir: hostDir{-1}, ro: opts.ReadOnly, health: &healthBook{}}
+	root := &rootDir{dir: hostDir{-1}, ro: opts.ReadOnly, health: &healthBook{}, gate: newGate(), opts: opts}
 	health := root.health
 	var views []*qcow2.Image
 	fail := func(err error) (*rootDir, []*qcow2.Image, error) {
@@ -150,6 +162,7 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 	add := func(img *qcow2.Image, name string) *imageFile {
 		f := newImageFile(img, name, &opts)
 		f.health = health.of(img)
+		f.gate = root.gate
 		root.files = append(root.files, f)
 		return f
 	}
@@ -160,6 +173,7 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 			stems[i] = opts.Names[i]
 		}
 	}
+	root.stems = stems
 	wholes := make([]*imageFile, len(images))
 	for i, img := range images {
 		if err := claim(img, stems[i]+".raw"); err != nil {
@@ -177,6 +191,7 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 				}
 				f := newWindowFile(img, name, p.Start, p.Size, &opts)
 				f.health = health.of(img)
+				f.gate = root.gate
 				root.files = append(root.files, f)
 				if sib == nil {
 					sib = &siblings{}
@@ -192,7 +207,10 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 			if err := claim(img, name); err != nil {
 				return fail(err)
 			}
-			root.infos = append(root.infos, &infoFile{name: name, text: func() []byte { return opts.InfoText(img) }, img: img, perm: opts.Perm, health: health.of(img)})
+			inf := &infoFile{name: name, img: img, perm: opts.Perm, health: health.of(img), gate: root.gate}
+			// The image as it is now: resume reopens it (live.go).
+			inf.text = func() []byte { return opts.InfoText(inf.img) }
+			root.infos = append(root.infos, inf)
 		}
 	}
 	if opts.NoSnapshots {
@@ -227,7 +245,7 @@ func buildTree(images []*qcow2.Image, opts Options) (*rootDir, []*qcow2.Image, e
 			if err := claim(v, name); err != nil {
 				return fail(err)
 			}
-			add(v, name)
+			root.snaps = append(root.snaps, &snapFile{base: i, id: sn.ID, name: sn.Name, date: snapDate(sn), file: add(v, name)})
 			if shortened {
 				opts.Log.Infof("%s: snapshot %s (ID %s) appears as %s (its name is too long for a file name)", img.Path(), imgtext.Quote(sn.Name), imgtext.Quote(sn.ID), imgtext.Quote(name))
 			}

@@ -24,6 +24,15 @@ type rootDir struct {
 	ro bool
 	// health records the images a panic put out of service (guard.go).
 	health *healthBook
+
+	// For live operations (live.go): the suspend gate every image request
+	// passes, the options and file name stems the tree was built with,
+	// the snapshot files, and the next inode number to hand out.
+	gate    *gate
+	opts    Options
+	stems   []string
+	snaps   []*snapFile
+	nextIno uint64
 }
 
 var (
@@ -46,6 +55,7 @@ func (r *rootDir) OnAdd(ctx context.Context) {
 		r.AddChild(f.name, ch, false)
 		ino++
 	}
+	r.nextIno = ino
 }
 
 func (r *rootDir) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {

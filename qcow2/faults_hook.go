@@ -10,6 +10,10 @@ package qcow2
 // read of the image file PATH that covers host offset OFFSET (decimal or
 // 0x hex) panic, as a bug tripped by a hostile image would. Pointed at an
 // L2 table, the panic happens while the image's metadata lock is held.
+//
+// QCOW2FS_FAULT_DELAY_READ="PATH:OFFSET:DURATION" makes every read of PATH
+// that covers host offset OFFSET take DURATION longer (a slow disk): a
+// request stays in flight that long (the live suspend tests).
 
 import (
 	"fmt"
@@ -17,9 +21,33 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 func init() {
+	if spec := os.Getenv("QCOW2FS_FAULT_DELAY_READ"); spec != "" {
+		parts := strings.Split(spec, ":")
+		if len(parts) < 3 {
+			panic("QCOW2FS_FAULT_DELAY_READ: want PATH:OFFSET:DURATION, got " + spec)
+		}
+		path := strings.Join(parts[:len(parts)-2], ":")
+		off, err := strconv.ParseInt(parts[len(parts)-2], 0, 64)
+		if err != nil {
+			panic("QCOW2FS_FAULT_DELAY_READ: " + err.Error())
+		}
+		d, err := time.ParseDuration(parts[len(parts)-1])
+		if err != nil {
+			panic("QCOW2FS_FAULT_DELAY_READ: " + err.Error())
+		}
+		prev := wrapHostFile
+		wrapHostFile = func(p string, f hostFile) hostFile {
+			f = prev(p, f)
+			if p == path {
+				return &delayOnRead{hostFile: f, off: off, d: d}
+			}
+			return f
+		}
+	}
 	spec := os.Getenv("QCOW2FS_FAULT_PANIC_READ")
 	if spec == "" {
 		return
@@ -56,6 +84,19 @@ type panicOnRead struct {
 func (p *panicOnRead) ReadAt(b []byte, off int64) (int, error) {
 	if off <= p.off && p.off < off+int64(len(b)) && p.fired.CompareAndSwap(false, true) {
 		panic(fmt.Sprintf("fault injection: read of %s at %#x", p.path, p.off))
+	}
+	return p.hostFile.ReadAt(b, off)
+}
+
+type delayOnRead struct {
+	hostFile
+	off int64
+	d   time.Duration
+}
+
+func (p *delayOnRead) ReadAt(b []byte, off int64) (int, error) {
+	if off <= p.off && p.off < off+int64(len(b)) {
+		time.Sleep(p.d)
 	}
 	return p.hostFile.ReadAt(b, off)
 }

@@ -10,6 +10,7 @@ import "fmt"
 // Mount states, as status prints them (JSON keeps the hyphen).
 const (
 	stateServing       = "serving"
+	stateSuspended     = "suspended"      // qcow2fs suspend: requests wait until resumed
 	stateStale         = "stale"          // the daemon is gone
 	stateNotResponding = "not-responding" // stopped, or no answer in time
 	stateUnknown       = "unknown"        // the probe failed otherwise

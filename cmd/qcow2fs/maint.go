@@ -376,7 +376,11 @@ func maintError(name string, err error, readOnly bool) error {
 		default:
 			what = fmt.Sprintf("%s is mounted %s at %s%s", shown, mode, u.Mountpoint, pid)
 		}
-		return fmt.Errorf("%s; unmount it first (qcow2fs unmount %s)%s", what, u.Mountpoint, hint)
+		live := ""
+		if u.Via == "" && !u.Overlay {
+			live = liveHint(u.Mountpoint, u.ReadOnly)
+		}
+		return fmt.Errorf("%s; unmount it first (qcow2fs unmount %s)%s%s", what, u.Mountpoint, live, hint)
 	}
 	msg := fmt.Sprintf("%s is in use by another process: %s", shown, le.What)
 	if h := holderPIDs(file); len(h) > 0 {

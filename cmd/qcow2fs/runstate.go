@@ -30,6 +30,8 @@ type runState struct {
 	Overlay    string   `json:"overlay,omitempty"`
 	Partitions bool     `json:"partitions,omitempty"`
 	LogFile    string   `json:"log_file,omitempty"`
+	// Suspended: qcow2fs suspend closed the images; requests wait.
+	Suspended bool `json:"suspended,omitempty"`
 }
 
 // runStateDirOverride replaces the run-state directory in unit tests.
@@ -63,11 +65,16 @@ func runStatePath(mountpoint string) string {
 	if dir == "" {
 		return ""
 	}
+	return runStatePathIn(dir, mountpoint)
+}
+
+// runStatePathIn is the run-state file of mountpoint in dir.
+func runStatePathIn(dir, mountpoint string) string {
 	sum := sha256.Sum256([]byte(mountpoint))
 	return filepath.Join(dir, hex.EncodeToString(sum[:16])+".json")
 }
 
-func writeRunState(cfg *mountConfig) {
+func writeRunState(cfg *mountConfig, suspended bool) {
 	if err := ensureRunDir(runStateDir()); err != nil {
 		logrus.Warnf("cannot record run state: %v", err)
 		return
@@ -77,7 +84,7 @@ func writeRunState(cfg *mountConfig) {
 		return
 	}
 	st := runState{PID: os.Getpid(), Mountpoint: cfg.Mountpoint, Source: cfg.FsName, Images: cfg.Images, ReadOnly: cfg.ReadOnly,
-		Overlay: cfg.Overlay, Partitions: cfg.Partitions, LogFile: cfg.LogFile}
+		Overlay: cfg.Overlay, Partitions: cfg.Partitions, LogFile: cfg.LogFile, Suspended: suspended}
 	st.StartTime, _ = procStartTime(st.PID)
 	b, _ := json.MarshalIndent(st, "", "  ")
 	tmp := path + ".tmp"
@@ -181,6 +188,7 @@ func sweepRunStates() {
 		}
 		if !rs.alive() {
 			os.Remove(f)
+			os.Remove(strings.TrimSuffix(f, ".json") + ".sock")
 		}
 	}
 	tmps, _ := filepath.Glob(filepath.Join(dir, "*.json.tmp"))

@@ -53,11 +53,12 @@ func serve(cfg *mountConfig, rep reporter) int {
 	}
 	// The info files name the partition files, which carry the stem the
 	// image appears under.
-	stems := map[*qcow2.Image]string{}
+	// (By path: resume reopens the images.)
+	stems := map[string]string{}
 	for i, img := range images {
-		stems[img] = fusefs.Stem(img.Path())
+		stems[img.Path()] = fusefs.Stem(img.Path())
 		if names != nil && names[i] != "" {
-			stems[img] = names[i]
+			stems[img.Path()] = names[i]
 		}
 	}
 	srv, err := fusefs.Mount(cfg.Mountpoint, images, fusefs.Options{
@@ -70,7 +71,7 @@ func serve(cfg *mountConfig, rep reporter) int {
 		Partitions:         cfg.Partitions,
 		Perm:               perm,
 		Names:              names,
-		InfoText:           func(img *qcow2.Image) []byte { return infoText(img, stems[img]) },
+		InfoText:           func(img *qcow2.Image) []byte { return infoText(img, stems[img.Path()]) },
 		Warn:               rep.warn,
 		FsName:             cfg.FsName,
 		Debug:              cfg.Debug,
@@ -82,7 +83,8 @@ func serve(cfg *mountConfig, rep reporter) int {
 		rep.fail(err)
 		return exitError
 	}
-	writeRunState(cfg)
+	writeRunState(cfg, false)
+	ctl := startControl(cfg, srv, log)
 	mode := "read-write"
 	switch {
 	case cfg.ReadOnly:
@@ -94,9 +96,11 @@ func serve(cfg *mountConfig, rep reporter) int {
 	rep.ready()
 
 	waitUnmounted(srv, log)
+	ctl.stop()
 
 	code := exitOK
-	if !closeImages(images, srv.Failed) {
+	// (None while suspended: they are closed already.)
+	if !closeImages(srv.Images(), srv.Failed) {
 		code = exitError
 	}
 	removeRunState(cfg.Mountpoint)
@@ -130,6 +134,12 @@ func waitUnmounted(srv *fusefs.Server, log *logrus.Logger) {
 			signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT)
 			return
 		case sig := <-sigs:
+			if srv.Suspended() {
+				// Requests wait in the daemon; they would never be
+				// answered once it stopped serving.
+				log.Warnf("%v: %s is suspended; resume it first (qcow2fs resume %s); still serving", sig, srv.Mountpoint(), srv.Mountpoint())
+				continue
+			}
 			log.Infof("%v: unmounting %s", sig, srv.Mountpoint())
 			if err := srv.Unmount(); err != nil {
 				log.Warnf("cannot unmount %s: %v; a file in it is still in use (open, or attached to a loop device: see losetup -a); still serving",

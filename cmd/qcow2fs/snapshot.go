@@ -26,6 +26,15 @@ delete frees what only the snapshot used. A snapshot is found by name, or
 failing that by ID. list prints ID, name, VM state size, date, VM clock and
 instruction count like "qemu-img snapshot -l" (nothing when there are
 none). A mounted image shows its snapshots read-only as NAME@SNAPSHOT.raw.
+
+create and delete work on a mounted image too (live): the mount's daemon
+takes or deletes the snapshot between requests (it suspends the mount,
+changes the snapshot table and resumes, see qcow2fs suspend), and
+NAME@SNAPSHOT.raw appears or disappears at once. --timeout bounds the
+wait for the requests in flight (default 10s). What a file system on the
+disk shows in the snapshot is consistent only if it was frozen meanwhile
+(fsfreeze -f before, fsfreeze -u after). apply needs the image unmounted
+(or the mount suspended).
 `
 
 // snapshotJSON is one snapshot in list --output json, with the field names
@@ -53,6 +62,7 @@ func cmdSnapshot(args []string) error {
 	format := fs.StringP("format", "f", "qcow2", "image `FORMAT` (only qcow2)")
 	prog := fs.BoolP("progress", "p", false, "show a progress bar (delete, apply) when stderr is a terminal")
 	fs.BoolP("quiet", "q", false, "print nothing on success (accepted for qemu-img compatibility)")
+	timeout := fs.Duration("timeout", defaultSuspendTimeout, "create, delete of a mounted image: give up when its requests in flight have not drained after `DURATION`")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -108,7 +118,14 @@ func cmdSnapshot(args []string) error {
 	case "list":
 		return snapshotList(path, *output == "json", *forceShare)
 	case "create":
-		if err := qcow2.SnapshotCreate(path, name); err != nil {
+		err := qcow2.SnapshotCreate(path, name)
+		if isLockError(err) {
+			// Mounted: the mount's daemon takes it between requests.
+			if handled, lerr := liveSnapshot(opSnapshotCreate, name, path, *timeout); handled {
+				return lerr
+			}
+		}
+		if err != nil {
 			return maintError(path, err, false)
 		}
 		return nil
@@ -118,6 +135,12 @@ func cmdSnapshot(args []string) error {
 	var err error
 	if action == "delete" {
 		err = qcow2.SnapshotDelete(path, name, mo)
+		if isLockError(err) {
+			if handled, lerr := liveSnapshot(opSnapshotDelete, name, path, *timeout); handled {
+				p.abort()
+				return lerr
+			}
+		}
 	} else {
 		err = qcow2.SnapshotApply(path, name, mo)
 	}

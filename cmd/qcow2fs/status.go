@@ -17,7 +17,8 @@ const statusUsage = `Usage: qcow2fs status [--output human|json]
 Lists the qcow2fs mounts this process can see (/proc/self/mountinfo): the
 mount point, the mode (ro, rw, or rw with an overlay), the daemon's pid, its
 state, the source and the images. The state is "serving" when the daemon
-answers, "stale" when it died (the next mount of that mount point or image
+answers, "suspended" after qcow2fs suspend (its requests wait until qcow2fs
+resume), "stale" when it died (the next mount of that mount point or image
 cleans it up), and "not responding" when it is stopped or does not answer
 within a few seconds (status never waits longer on a mount). The pid is
 known for mounts made by this user (run state in /run/qcow2fs for root;
@@ -33,7 +34,7 @@ type mountStatus struct {
 	Mode       string   `json:"mode"` // "ro" or "rw", as the kernel has it
 	Overlay    string   `json:"overlay,omitempty"`
 	PID        int      `json:"pid,omitempty"` // 0: unknown
-	State      string   `json:"state"`         // serving, stale, not-responding, unknown
+	State      string   `json:"state"`         // serving, suspended, stale, not-responding, unknown
 	Why        string   `json:"why,omitempty"` // for not-responding: stopped, or no answer in time
 	Images     []string `json:"images,omitempty"`
 	Partitions bool     `json:"partitions,omitempty"`
@@ -80,6 +81,9 @@ func statusOf(h mountHealth) mountStatus {
 		}
 	}
 	if rs := h.RS; rs != nil && h.State != stateStale {
+		if rs.Suspended && h.State == stateServing {
+			st.State = stateSuspended
+		}
 		st.PID = rs.PID
 		st.Images, st.Overlay, st.Partitions = rs.Images, rs.Overlay, rs.Partitions
 	}

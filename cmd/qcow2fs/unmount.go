@@ -60,6 +60,10 @@ func cmdUnmount(args []string) error {
 		return fmt.Errorf("%s is not a qcow2fs mount (it is %s)", mp, e.FsType)
 	}
 	daemon := readRunState(mp)
+	if daemon != nil && daemon.Suspended {
+		// Its waiting requests would never be answered.
+		return fmt.Errorf("%s is suspended; resume it first (qcow2fs resume %s)", mp, mp)
+	}
 
 	if err := fusermountUnmount(mp, false); err != nil {
 		if err2 := syscall.Unmount(mp, 0); err2 != nil {
