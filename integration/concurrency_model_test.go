@@ -698,16 +698,6 @@ func cmRunWriters(file string, r cmRegion, seed int64, round int) ([]*cmOp, erro
 	return ops, nil
 }
 
-// abortFuseConnection aborts the FUSE connection of the mount at mnt
-// (fusectl), failing every request still waiting for the daemon.
-func abortFuseConnection(mnt string) {
-	var st unix.Stat_t
-	if err := unix.Stat(mnt, &st); err != nil {
-		return
-	}
-	_ = os.WriteFile(fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", unix.Minor(st.Dev)), []byte("1"), 0)
-}
-
 // readDirect reads all of file with O_DIRECT (no page cache in between).
 func readDirect(t *testing.T, file string, size int64) []byte {
 	fd, err := unix.Open(file, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
@@ -773,7 +763,7 @@ func runConcurrencyModel(t *testing.T, k cmKind) {
 		var hung atomic.Bool
 		watchdog := time.AfterFunc(cmWriteTimeout, func() {
 			hung.Store(true)
-			abortFuseConnection(mnt)
+			abortFuse(mnt)
 		})
 		ops, err := cmRunWriters(file, r, seed, round)
 		watchdog.Stop()

@@ -286,23 +286,32 @@ func TestLiveSnapshots(t *testing.T) {
 	}
 }
 
+// liveMount mounts a fresh 64 MiB image read-write; a mount the test
+// leaves suspended has its connection aborted (its waiting requests would
+// otherwise never be answered).
+func liveMount(t *testing.T) (mnt, img string) {
+	t.Helper()
+	dir := testDir(t)
+	k := newImageKit(t, mkdir(t, dir, "img"))
+	mnt = mkdir(t, dir, "mnt")
+	img = k.Path("vm")
+	qemuCreate(t, img, "64M", "", "", "")
+	mountQcow2fs(t, mnt, nil, img)
+	t.Cleanup(func() {
+		if suspendedState(mnt) {
+			abortFuse(mnt)
+		}
+	})
+	return mnt, img
+}
+
 // TestLiveResumeRefusals: a virtual size changed while suspended, or the
 // image replaced by another file, fails the resume and the mount stays
 // suspended (until put back); a daemon killed while suspended leaves a
 // clean image.
 func TestLiveResumeRefusals(t *testing.T) {
 	t.Run("size-changed", func(t *testing.T) {
-		dir := testDir(t)
-		k := newImageKit(t, mkdir(t, dir, "img"))
-		mnt := mkdir(t, dir, "mnt")
-		img := k.Path("vm")
-		qemuCreate(t, img, "64M", "", "", "")
-		mountQcow2fs(t, mnt, nil, img)
-		t.Cleanup(func() {
-			if suspendedState(mnt) {
-				abortFuse(mnt)
-			}
-		})
+		mnt, img := liveMount(t)
 		writeAt(t, filepath.Join(mnt, "vm.raw"), bytes.Repeat([]byte{0x5a}, 65536), 1<<20)
 		q2OK(t, mnt, "suspend", mnt)
 		run(t, "qemu-img", "resize", img, "+1M")
@@ -336,17 +345,7 @@ func TestLiveResumeRefusals(t *testing.T) {
 		qemuCheckClean(t, img)
 	})
 	t.Run("file-replaced", func(t *testing.T) {
-		dir := testDir(t)
-		k := newImageKit(t, mkdir(t, dir, "img"))
-		mnt := mkdir(t, dir, "mnt")
-		img := k.Path("vm")
-		qemuCreate(t, img, "64M", "", "", "")
-		mountQcow2fs(t, mnt, nil, img)
-		t.Cleanup(func() {
-			if suspendedState(mnt) {
-				abortFuse(mnt)
-			}
-		})
+		mnt, img := liveMount(t)
 		q2OK(t, mnt, "suspend", mnt)
 		// Another file of the same size under the image's name.
 		keep := img + ".orig"
@@ -366,12 +365,7 @@ func TestLiveResumeRefusals(t *testing.T) {
 		qemuCheckClean(t, img)
 	})
 	t.Run("killed-while-suspended", func(t *testing.T) {
-		dir := testDir(t)
-		k := newImageKit(t, mkdir(t, dir, "img"))
-		mnt := mkdir(t, dir, "mnt")
-		img := k.Path("vm")
-		qemuCreate(t, img, "64M", "", "", "")
-		mountQcow2fs(t, mnt, nil, img)
+		mnt, img := liveMount(t)
 		t.Cleanup(func() { cleanupMount(t, mnt) })
 		// Allocations (metadata in the daemon's caches) not yet flushed.
 		for i := 0; i < 32; i++ {
@@ -399,12 +393,7 @@ func TestLiveResumeRefusals(t *testing.T) {
 // socket (mode 0600) nor, were the socket open to all, get the daemon to
 // act (SO_PEERCRED).
 func TestLiveSocketAccess(t *testing.T) {
-	dir := testDir(t)
-	k := newImageKit(t, mkdir(t, dir, "img"))
-	mnt := mkdir(t, dir, "mnt")
-	img := k.Path("vm")
-	qemuCreate(t, img, "64M", "", "", "")
-	mountQcow2fs(t, mnt, nil, img)
+	mnt, img := liveMount(t)
 	t.Cleanup(func() {
 		if suspendedState(mnt) {
 			q2(mnt, "resume", mnt)

@@ -110,7 +110,12 @@ func requireTools(t *testing.T, tools ...string) {
 	t.Helper()
 	requireEnv(t)
 	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
+		// A path names a file a package installs; a bare name, a command.
+		_, err := exec.LookPath(tool)
+		if filepath.IsAbs(tool) {
+			_, err = os.Stat(tool)
+		}
+		if err != nil {
 			if os.Getenv("CI") != "" {
 				t.Fatalf("%s not installed on the CI machine (.ci/run must install it)", tool)
 			}
