@@ -339,8 +339,10 @@ func (w *writer) storeBitmaps(set *bitmapSet, clearInUse bool, extraFrees [][2]i
 	if err := w.extendFile(); err != nil {
 		return err
 	}
-	w.unsyncedData = true
-	if err := w.beforeL2WriteBack(); err != nil {
+	if _, err := w.writeRefcounts(); err != nil {
+		return err
+	}
+	if err := w.barrier(); err != nil {
 		return err
 	}
 	hdr := s.hdr

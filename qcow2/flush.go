@@ -89,21 +89,31 @@ func (w *writer) flushLocked() error {
 // by an eviction: every refcount block, and every data write a dirty
 // mapping may expose, must be on disk first. Caller holds s.mu.
 func (w *writer) beforeL2WriteBack() error {
-	s := w.img.s
-	need := w.unsyncedData
-	if s.rc.NumDirty() > 0 || len(w.rc.tableDirty) > 0 {
-		if err := s.rc.Flush(); err != nil {
-			return err
-		}
-		if err := w.writeRefcountTableEntries(); err != nil {
-			return err
-		}
-		need = true
+	wrote, err := w.writeRefcounts()
+	if err != nil {
+		return err
 	}
-	if !need {
+	if !wrote && !w.unsyncedData {
 		return nil
 	}
 	return w.barrier()
+}
+
+// writeRefcounts writes the dirty refcount blocks and refcount table
+// entries (no barrier); wrote says whether there were any. Caller holds
+// s.mu.
+func (w *writer) writeRefcounts() (wrote bool, err error) {
+	s := w.img.s
+	if s.rc.NumDirty() == 0 && len(w.rc.tableDirty) == 0 {
+		return false, nil
+	}
+	if err := s.rc.Flush(); err != nil {
+		return false, err
+	}
+	if err := w.writeRefcountTableEntries(); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // barrier makes every completed write durable: the external data file
