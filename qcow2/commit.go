@@ -2,7 +2,6 @@ package qcow2
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -285,19 +284,6 @@ func layerFormat(l layer) string {
 		return "raw"
 	}
 	return "qcow2"
-}
-
-func probeFormat(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	var b [4]byte
-	if n, _ := f.ReadAt(b[:], 0); n == 4 && binary.BigEndian.Uint32(b[:]) == Magic {
-		return "qcow2", nil
-	}
-	return "raw", nil
 }
 
 // copyDiffering copies, wherever the image does not define the content

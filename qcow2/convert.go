@@ -2,7 +2,6 @@ package qcow2
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -176,16 +175,9 @@ func (r *rawSource) Map(off, n int64) ([]Extent, error) {
 // openConvSource opens path read-only (reader locks) as format ("" probes).
 func openConvSource(path, format, snapshot string) (convSource, error) {
 	if format == "" {
-		f, err := os.Open(path)
-		if err != nil {
+		var err error
+		if format, err = probeFormat(path); err != nil {
 			return nil, err
-		}
-		var m [4]byte
-		n, _ := f.ReadAt(m[:], 0)
-		f.Close()
-		format = "raw"
-		if n == 4 && binary.BigEndian.Uint32(m[:]) == Magic {
-			format = "qcow2"
 		}
 	}
 	switch format {

@@ -579,23 +579,30 @@ func resolveRelative(imagePath, name string) string {
 	return filepath.Join(filepath.Dir(imagePath), name)
 }
 
+// probeFormat says whether path holds a qcow2 image (its magic) or is taken
+// as raw, as QEMU probes a file named without a format.
+func probeFormat(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	var m [4]byte
+	if n, _ := f.ReadAt(m[:], 0); n == 4 && binary.BigEndian.Uint32(m[:]) == Magic {
+		return "qcow2", nil
+	}
+	return "raw", nil
+}
+
 // openLayer opens a backing file read-only as qcow2 or raw.
 func openLayer(path, format string, opts OpenOptions, seen map[string]bool) (layer, error) {
 	if err := checkNamedFile(path); err != nil {
 		return nil, err
 	}
 	if format == "" {
-		f, err := os.Open(path)
-		if err != nil {
+		var err error
+		if format, err = probeFormat(path); err != nil {
 			return nil, err
-		}
-		var m [4]byte
-		n, _ := f.ReadAt(m[:], 0)
-		f.Close()
-		if n == 4 && binary.BigEndian.Uint32(m[:]) == Magic {
-			format = "qcow2"
-		} else {
-			format = "raw"
 		}
 	}
 	switch format {
