@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 // The fstab tests drive mount(8) for real, with a temporary fstab
@@ -28,7 +30,7 @@ const ignoredOpts = "nofail,noatime,nodev,nosuid,noexec,_netdev,x-systemd.automo
 func installLink(t *testing.T, path, target string) {
 	t.Helper()
 	if _, err := os.Lstat(path); err == nil {
-		occupied(t, path+" already exists (an installed qcow2fs?); the test does not replace it")
+		testenv.NotClean(t, path+" already exists (an installed qcow2fs?); the test does not replace it")
 	} else if !errors.Is(err, os.ErrNotExist) {
 		t.Fatal(err)
 	}
@@ -47,19 +49,8 @@ func installLink(t *testing.T, path, target string) {
 func requireAbsent(t *testing.T, path string) {
 	t.Helper()
 	if _, err := os.Lstat(path); err == nil {
-		occupied(t, path+" exists and would take precedence over the helper under test")
+		testenv.NotClean(t, path+" exists and would take precedence over the helper under test")
 	}
-}
-
-// occupied stops a test that cannot run honestly because the machine holds
-// an installation in its way: a loud skip on a developer's machine, a
-// failure on CI, which starts clean.
-func occupied(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf("CI machine not clean: %s", why)
-	}
-	t.Skipf("SKIPPED: %s", why)
 }
 
 // writeFstab writes a one-line fstab and returns its path.

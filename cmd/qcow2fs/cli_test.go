@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -140,7 +142,7 @@ func TestInfoJSON(t *testing.T) {
 // the daemon is gone.
 func TestDaemonMountUnmount(t *testing.T) {
 	if os.Geteuid() != 0 {
-		lacking(t, "root (mounting)")
+		testenv.Lacking(t, "root (mounting)")
 	}
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.qcow2")
@@ -198,7 +200,7 @@ func TestDaemonMountUnmount(t *testing.T) {
 // write lock held by another process is only found by the daemon.
 func TestDaemonReportsError(t *testing.T) {
 	if os.Geteuid() != 0 {
-		lacking(t, "root (mounting)")
+		testenv.Lacking(t, "root (mounting)")
 	}
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.qcow2")
@@ -218,15 +220,4 @@ func TestDaemonReportsError(t *testing.T) {
 		t.Error("mounted despite the error")
 		syscall.Unmount(mnt, syscall.MNT_DETACH)
 	}
-}
-
-// lacking reports that the machine lacks something a test needs: a loud
-// skip on a developer's machine, a failure on CI (CI set, as .ci/run does),
-// which must have everything.
-func lacking(t testing.TB, what string) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf("the CI machine lacks a requirement: %s", what)
-	}
-	t.Skipf("SKIPPED (machine lacks a requirement): %s", what)
 }

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/qcow2fs/qcow2fs/fusefs"
-	"github.com/qcow2fs/qcow2fs/parttable"
 	"github.com/qcow2fs/qcow2fs/internal/imgtext"
+	"github.com/qcow2fs/qcow2fs/parttable"
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
