@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
+
 	"github.com/spf13/pflag"
 )
 
@@ -187,7 +189,7 @@ func runBench(cfg config) int {
 		// The signal handler cleans up and exits; nothing to report.
 		select {}
 	}
-	if left := mountsUnder(work); len(left) > 0 && fatal == nil {
+	if left := mounts.Under(work); len(left) > 0 && fatal == nil {
 		fatal = fmt.Errorf("still mounted after cleanup: %s", strings.Join(left, ", "))
 	}
 	took := time.Since(started)
