@@ -1,12 +1,10 @@
+// Package units holds the one size grammar and the one size format of
+// qcow2fs's command line: every size a user gives (mount --cache-size and
+// -o cache_size, create SIZE and -o size/cluster_size, resize [+-]SIZE,
+// map --start-offset/--max-length, convert -S) is read by Parse, and every
+// size shown is written by Format. The grammar is qemu-img's (64M, 1.5G,
+// 4096).
 package units
-
-// Package units holds qcow2fs's one size grammar (qemu-img's: 64M, 1.5G,
-// 4096) and its one size format, for every command and mount option.
-
-// The one size grammar and the one size format of the command line: every
-// size a user gives (mount --cache-size and -o cache_size, create SIZE and
-// -o size/cluster_size, resize [+-]SIZE, map --start-offset/--max-length)
-// is read by Parse, and every size shown is written by Format.
 
 import (
 	"errors"
