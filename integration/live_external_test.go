@@ -140,8 +140,9 @@ func TestLiveExternalSnapshot(t *testing.T) {
 // TestLiveExternalSuspendedCommit: commit on a suspended mount runs
 // offline (the suspend released the locks) and resume reopens the active
 // layer — the overlay, not the image the mount was made of. A resume after
-// the external snapshot does the same. The maintenance commands refused on
-// a mounted image name the live forms.
+// the external snapshot does the same. An external snapshot that cannot
+// create its overlay leaves the mount serving the image, writable. The
+// maintenance commands refused on a mounted image name the live forms.
 func TestLiveExternalSuspendedCommit(t *testing.T) {
 	mnt, img := liveMount(t)
 	raw := filepath.Join(mnt, "vm.raw")
@@ -165,6 +166,37 @@ func TestLiveExternalSuspendedCommit(t *testing.T) {
 		t.Fatalf("external snapshot onto an existing file: want refused, got %s", r)
 	}
 
+	// The overlay cannot be created (a read-only file system): the mount
+	// goes on with the image, writable.
+	ro := mkdir(t, filepath.Dir(img), "ro")
+	run(t, "mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", ro)
+	t.Cleanup(func() { run(t, "umount", ro) })
+	if r := q2(mnt, "snapshot", "create", "--external", filepath.Join(ro, "ov.qcow2"), img); r.Code == 0 || !strings.Contains(r.Stderr, "the mount goes on with "+img) {
+		t.Fatalf("external snapshot onto a read-only file system: want a failure saying the mount goes on with the image, got %s", r)
+	}
+	if r := q2(mnt, "snapshot", "create", "--external", filepath.Join(mnt, "ov.qcow2"), img); r.Code == 0 || !strings.Contains(r.Stderr, "inside the mount") {
+		t.Fatalf("external snapshot into the mount itself: want refused, got %s", r)
+	}
+	if images, mounted := statusImagesOf(t, mnt); len(images) != 1 || images[0] != img || len(mounted) != 0 {
+		t.Fatalf("after failed external snapshots the mount serves %q (mounted %q), want the image alone", images, mounted)
+	}
+	h0 := fileSHA256(t, img)
+	f, err := os.OpenFile(raw, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteAt(a, 4<<20)
+	if err == nil {
+		err = f.Sync()
+	}
+	f.Close()
+	if err != nil {
+		t.Fatalf("writing after a failed external snapshot: %v", err)
+	}
+	if fileSHA256(t, img) == h0 {
+		t.Fatal("a synced write after a failed external snapshot did not reach the image")
+	}
+
 	q2OK(t, mnt, "snapshot", "create", "--external", overlay, img)
 	writeAt(t, raw, b, 2<<20)
 	h := fileSHA256(t, img)
@@ -185,7 +217,7 @@ func TestLiveExternalSuspendedCommit(t *testing.T) {
 	for _, w := range []struct {
 		off  int64
 		want []byte
-	}{{1 << 20, a}, {2 << 20, b}, {3 << 20, c}} {
+	}{{1 << 20, a}, {2 << 20, b}, {3 << 20, c}, {4 << 20, a}} {
 		got := make([]byte, len(w.want))
 		f, err := os.Open(raw)
 		if err != nil {
@@ -205,7 +237,7 @@ func TestLiveExternalSuspendedCommit(t *testing.T) {
 	for _, w := range []struct {
 		off int64
 		pat string
-	}{{1 << 20, "0xa1"}, {2 << 20, "0xb2"}, {3 << 20, "0xc3"}} {
+	}{{1 << 20, "0xa1"}, {2 << 20, "0xb2"}, {3 << 20, "0xc3"}, {4 << 20, "0xa1"}} {
 		if out := run(t, "qemu-io", "-r", "-c", "read -P "+w.pat+" "+strconv.FormatInt(w.off, 10)+" 64k", img); strings.Contains(out, "verification failed") {
 			t.Fatalf("the base lacks the write at %#x: %s", w.off, out)
 		}

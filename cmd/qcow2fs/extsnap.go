@@ -32,6 +32,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -274,6 +275,11 @@ func (c *controller) externalSnapshot(req controlRequest, timeout time.Duration)
 	if !filepath.IsAbs(overlay) {
 		return controlResponse{Error: fmt.Sprintf("overlay %q: not an absolute path", overlay)}
 	}
+	if underMount(overlay, c.cfg.Mountpoint) {
+		// The daemon never looks into its own mount (a suspended one
+		// would wait for itself).
+		return controlResponse{Error: fmt.Sprintf("overlay %s: inside the mount itself; name a file elsewhere", overlay)}
+	}
 	if _, err := resolveNewOverlay(overlay, img.Path()); err != nil {
 		return controlResponse{Error: err.Error()}
 	}
@@ -431,4 +437,10 @@ func noteSwitchedLayers(rs *runState) {
 	for _, l := range switchedLayers(rs) {
 		fmt.Fprintf(os.Stderr, "qcow2fs: note: %s served %s since a live external snapshot or commit: mount that file to see this disk again (or commit it first)\n", rs.Mountpoint, l)
 	}
+}
+
+// underMount reports whether path lies in the tree mounted at mountpoint.
+func underMount(path, mountpoint string) bool {
+	rel, err := filepath.Rel(mountpoint, filepath.Clean(path))
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }

@@ -88,3 +88,22 @@ func TestSnapshotExternalOffline(t *testing.T) {
 		t.Fatal("into a missing directory: no error")
 	}
 }
+
+func TestUnderMount(t *testing.T) {
+	tests := []struct {
+		path, mnt string
+		want      bool
+	}{
+		{"/mnt/vm/x.qcow2", "/mnt/vm", true},
+		{"/mnt/vm", "/mnt/vm", true},
+		{"/mnt/vm/../x.qcow2", "/mnt/vm", false},
+		{"/mnt/vm2/x.qcow2", "/mnt/vm", false},
+		{"/mnt/..x/y", "/mnt", true},
+		{"/images/x.qcow2", "/mnt/vm", false},
+	}
+	for _, tt := range tests {
+		if got := underMount(tt.path, tt.mnt); got != tt.want {
+			t.Errorf("underMount(%q, %q) = %v, want %v", tt.path, tt.mnt, got, tt.want)
+		}
+	}
+}
