@@ -24,3 +24,20 @@ func (s *Server) SwitchImage(i int) error {
 	s.files[i] = nil
 	return nil
 }
+
+// alias makes the image file at path share the health of the one at as:
+// the file nodes keep the health they were given (requests read it
+// unlocked), so the layer switched in must answer for them.
+func (b *healthBook) alias(path, as string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == nil {
+		b.m = map[string]*imageHealth{}
+	}
+	h := b.m[as]
+	if h == nil {
+		h = &imageHealth{}
+		b.m[as] = h
+	}
+	b.m[path] = h
+}
