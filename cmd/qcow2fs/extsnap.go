@@ -139,6 +139,19 @@ func createExternalOverlay(overlay string, in *qcow2.Info) error {
 	return nil
 }
 
+// closedInfo describes the image at path, opened read-only for the
+// purpose (the daemon asks once the mount is suspended: the Info of an
+// image in service would race with its writers). With chain, the backing
+// files are opened (and described) too.
+func closedInfo(path string, chain bool) (*qcow2.Info, error) {
+	img, err := qcow2.Open(path, qcow2.OpenOptions{ReadOnly: true, NoBacking: !chain})
+	if err != nil {
+		return nil, err
+	}
+	defer img.Close()
+	return img.Info(), nil
+}
+
 // resolveNewOverlay makes OVERLAY absolute and refuses an existing file
 // (an external snapshot never overwrites anything) or a missing directory.
 func resolveNewOverlay(overlay, image string) (string, error) {
@@ -174,7 +187,7 @@ func snapshotExternal(overlayArg, path string, timeout time.Duration, quiet bool
 	}
 	// A read-only open refuses while a writer holds the image (the lock
 	// check), and tells the settings of the overlay.
-	img, err := qcow2.Open(image, qcow2.OpenOptions{ReadOnly: true, NoBacking: true})
+	in, err := closedInfo(image, false)
 	if isLockError(err) {
 		resp, handled, lerr := liveRequest(opSnapshotExternal, "live external snapshot", image, overlay, timeout)
 		if handled {
@@ -187,8 +200,6 @@ func snapshotExternal(overlayArg, path string, timeout time.Duration, quiet bool
 	if err != nil {
 		return maintError(path, err, false)
 	}
-	in := img.Info()
-	img.Close()
 	if err := createExternalOverlay(overlay, in); err != nil {
 		return err
 	}
@@ -283,13 +294,16 @@ func (c *controller) externalSnapshot(req controlRequest, timeout time.Duration)
 	if _, err := resolveNewOverlay(overlay, img.Path()); err != nil {
 		return controlResponse{Error: err.Error()}
 	}
-	in := img.Info()
 	base := img.Path()
 	if err := c.suspend(timeout); err != nil {
 		return controlResponse{Error: err.Error()}
 	}
 	start := time.Now()
-	if err := createExternalOverlay(overlay, in); err != nil {
+	in, err := closedInfo(base, false)
+	if err == nil {
+		err = createExternalOverlay(overlay, in)
+	}
+	if err != nil {
 		resp := c.resume()
 		resp.Error = joinErr(err.Error()+"; the mount goes on with "+base, resp.Error)
 		return resp
@@ -331,20 +345,26 @@ func (c *controller) commit(req controlRequest, timeout time.Duration) controlRe
 	if err != nil {
 		return controlResponse{Error: err.Error()}
 	}
-	in := top.Info()
-	if in.BackingFullPath == "" || in.Backing == nil {
-		return controlResponse{Error: fmt.Sprintf("%s has no backing file to commit to", top.Path())}
+	overlay := top.Path()
+	if err := c.suspend(timeout); err != nil {
+		return controlResponse{Error: err.Error()}
 	}
-	overlay, base := top.Path(), in.BackingFullPath
+	start := time.Now()
+	in, err := closedInfo(overlay, true)
+	if err == nil && (in.BackingFullPath == "" || in.Backing == nil) {
+		err = fmt.Errorf("%s has no backing file to commit to", overlay)
+	}
+	if err != nil {
+		resp := c.resume()
+		resp.Error = joinErr(err.Error(), resp.Error)
+		return resp
+	}
+	base := in.BackingFullPath
 	// Switch back under the name the image was mounted by, when it is the
 	// same file.
 	if c.cfg.Mounted != nil && sameFile(c.cfg.Mounted[i], base) {
 		base = c.cfg.Mounted[i]
 	}
-	if err := c.suspend(timeout); err != nil {
-		return controlResponse{Error: err.Error()}
-	}
-	start := time.Now()
 	if err := qcow2.Commit(overlay); err != nil {
 		resp := c.resume()
 		resp.Error = joinErr(fmt.Sprintf("commit %s: %v; the mount goes on with %s, which reads the same", overlay, err, overlay), resp.Error)
