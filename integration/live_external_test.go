@@ -243,3 +243,63 @@ func TestLiveExternalSuspendedCommit(t *testing.T) {
 		}
 	}
 }
+
+// TestLiveCommitMountedOverlay: live commit of an overlay that was mounted
+// as such (not made by a live snapshot) switches the mount to its backing
+// file and leaves the overlay, empty; status and unmount say which file
+// the mount serves. An overlay mount (--overlay: the image is evidence)
+// refuses both live layer operations.
+func TestLiveCommitMountedOverlay(t *testing.T) {
+	requireTools(t, "qemu-img", "qemu-io")
+	dir := testDir(t)
+	mnt := mkdir(t, dir, "mnt")
+	base := filepath.Join(dir, "base.qcow2")
+	top := filepath.Join(dir, "top.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "16M")
+	run(t, "qemu-io", "-c", "write -P 0x41 0 1M", base)
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", top)
+	mountQcow2fs(t, mnt, nil, top)
+	raw := filepath.Join(mnt, "top.raw")
+	writeAt(t, raw, bytes.Repeat([]byte{0x42}, 65536), 2<<20)
+
+	out := q2OK(t, mnt, "commit", top)
+	if !strings.Contains(out, "is empty and no longer used") {
+		t.Fatalf("live commit of a mounted overlay: %s", out)
+	}
+	images, mounted := statusImagesOf(t, mnt)
+	if len(images) != 1 || images[0] != base || len(mounted) != 1 || mounted[0] != top {
+		t.Fatalf("after the commit: images %q mounted %q, want [%s] in place of [%s]", images, mounted, base, top)
+	}
+	if _, err := os.Stat(top); err != nil {
+		t.Fatalf("an overlay the mount did not create was removed: %v", err)
+	}
+	// Writes go to the base now.
+	writeAt(t, raw, bytes.Repeat([]byte{0x43}, 65536), 3<<20)
+	r := bounded(time.Minute, []string{mnt}, "", qcow2fsBin, "unmount", mnt)
+	if r.Code != 0 || !strings.Contains(r.Stderr, "served "+base) {
+		t.Fatalf("unmount of a mount switched to another layer: want a note naming %s, got %s", base, r)
+	}
+	qemuCheckClean(t, base)
+	qemuCheckClean(t, top)
+	for _, w := range []struct{ off, pat string }{{"0", "0x41"}, {"2M", "0x42"}, {"3M", "0x43"}} {
+		if out := run(t, "qemu-io", "-r", "-c", "read -P "+w.pat+" "+w.off+" 64k", base); strings.Contains(out, "verification failed") {
+			t.Fatalf("base at %s: %s", w.off, out)
+		}
+	}
+	if out := run(t, "qemu-img", "map", "--output=json", top); strings.Contains(out, `"depth": 0`) {
+		t.Fatalf("the overlay still holds data after the commit:\n%s", out)
+	}
+
+	// An overlay mount keeps its image unchanged: no live layer operation.
+	ev := filepath.Join(dir, "ev.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", ev, "16M")
+	mnt2 := mkdir(t, dir, "mnt2")
+	mountQcow2fs(t, mnt2, []string{"--overlay", filepath.Join(dir, "ev-writes.qcow2")}, ev)
+	if r := q2(mnt2, "commit", filepath.Join(dir, "ev-writes.qcow2")); r.Code == 0 || !strings.Contains(r.Stderr, "overlay mount") {
+		t.Fatalf("live commit on an --overlay mount: want refused, got %s", r)
+	}
+	if r := q2(mnt2, "snapshot", "create", "--external", filepath.Join(dir, "x.qcow2"), filepath.Join(dir, "ev-writes.qcow2")); r.Code == 0 || !strings.Contains(r.Stderr, "overlay mount") {
+		t.Fatalf("live external snapshot on an --overlay mount: want refused, got %s", r)
+	}
+	unmountQcow2fs(t, mnt2, ev)
+}
