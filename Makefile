@@ -56,7 +56,7 @@ crash:
 # test). FUZZTIME=10m for a real campaign.
 FUZZTIME ?= 10s
 FUZZ_TARGETS := qcow2:FuzzParseHeader qcow2:FuzzOpen qcow2:FuzzOpenWrite qcow2:FuzzCheck qcow2:FuzzSnapshotTable \
-	qcow2:FuzzL2Entry qcow2:FuzzDecompress qcow2:FuzzRefcountBlock fusefs/parttable:FuzzRead
+	qcow2:FuzzL2Entry qcow2:FuzzDecompress qcow2:FuzzRefcountBlock parttable:FuzzRead
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t#*:}; \

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -38,9 +40,9 @@ func publicDir(t *testing.T) string {
 // everyone gets in; with neither, only the mounter (the kernel refuses the
 // others before we see them).
 func TestAllowRoot(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	if _, err := exec.LookPath("setpriv"); err != nil {
-		lacking(t, "setpriv (util-linux)")
+		testenv.Lacking(t, "setpriv (util-linux)")
 	}
 	dir := publicDir(t)
 	path := filepath.Join(dir, "img.qcow2")

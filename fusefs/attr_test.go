@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -46,7 +48,7 @@ func statOwnerMode(t *testing.T, path string) (uid, gid uint32, mode os.FileMode
 // mounted), without write bits for snapshots and info files; allow_other
 // brings default_permissions along.
 func TestFilesCarryTheImageAttributes(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	path := makeImage(t, t.TempDir())
 	if err := os.Chown(path, 4242, 4343); err != nil {
 		t.Fatal(err)
@@ -76,7 +78,7 @@ func TestFilesCarryTheImageAttributes(t *testing.T) {
 // TestPermNarrows: Options.Perm narrows the mode the files show, also after
 // a chmod through the mount, which cannot grant more than Perm allows.
 func TestPermNarrows(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	path := makeImage(t, t.TempDir())
 	os.Chmod(path, 0o664)
 	var mu sync.Mutex

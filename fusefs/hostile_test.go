@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -116,7 +118,7 @@ func TestHostileSnapshotsTree(t *testing.T) {
 // Mounted: every listed file can be stat'ed and read; the shortened file
 // holds the long-named snapshot.
 func TestHostileSnapshotsMount(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	dir := t.TempDir()
 	path, long := hostileSnapshotImage(t, dir)
 	mnt, _, _ := mount(t, path, Options{ReadOnly: true, Warn: func(string) {}})

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -16,7 +17,7 @@ import (
 // whose backing file is the image, which takes the writes while the image
 // stays as it was.
 func TestSwitchImage(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	dir := t.TempDir()
 	path := makeImage(t, dir)
 	overlay := filepath.Join(dir, "ov.qcow2")

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -18,7 +20,7 @@ import (
 // one deleted meanwhile disappears, and a resume with another size is
 // refused and leaves the mount suspended.
 func TestSuspendResume(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	dir := t.TempDir()
 	path := makeImage(t, dir) // 4M, snapshot s1
 	img, err := qcow2.Open(path, qcow2.OpenOptions{})

@@ -10,33 +10,12 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
-
-// requireFUSE stops the test when the machine cannot mount FUSE at all,
-// and says so loudly: on the project's machines these tests must run.
-func requireFUSE(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		lacking(t, "root (FUSE mount tests)")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		lacking(t, "/dev/fuse")
-	}
-}
-
-// lacking reports that the machine lacks something a test needs: a loud
-// skip on a developer's machine, a failure on CI (CI set, as .ci/run does),
-// which must have everything.
-func lacking(t testing.TB, what string) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf("the CI machine lacks a requirement: %s", what)
-	}
-	t.Skipf("SKIPPED (machine lacks a requirement): %s", what)
-}
 
 // run runs a QEMU tool and fails the test with its output on error.
 func run(t *testing.T, name string, args ...string) []byte {
@@ -122,7 +101,7 @@ func openFile(t *testing.T, name string, flag int) *os.File {
 }
 
 func TestReadOnlyMount(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	path := makeImage(t, t.TempDir())
 	mnt, _, _ := mount(t, path, Options{ReadOnly: true})
 
@@ -193,7 +172,7 @@ func TestReadOnlyMount(t *testing.T) {
 }
 
 func TestSeekDataHole(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	path := makeImage(t, t.TempDir())
 	mnt, _, _ := mount(t, path, Options{ReadOnly: true})
 	f := openFile(t, filepath.Join(mnt, "img.raw"), os.O_RDONLY)
@@ -228,7 +207,7 @@ func TestSeekDataHole(t *testing.T) {
 // TestReadWriteMount checks what a writable mount refuses, which does not
 // depend on the image's write path.
 func TestReadWriteMount(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	path := makeImage(t, t.TempDir())
 	mnt, _, _ := mount(t, path, Options{})
 	raw := filepath.Join(mnt, "img.raw")
@@ -271,7 +250,7 @@ func TestReadWriteMount(t *testing.T) {
 // TestWriteReadBack writes through the mount and checks QEMU reads the same
 // bytes after unmount. It needs the qcow2 write path.
 func TestWriteReadBack(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	path := makeImage(t, t.TempDir())
 	img, err := qcow2.Open(path, qcow2.OpenOptions{})
 	if err != nil {
@@ -379,7 +358,7 @@ func mountinfoHas(t *testing.T, mnt, fstype, source string) {
 }
 
 func TestDirectIO(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	path := makeImage(t, t.TempDir())
 	mnt, _, _ := mount(t, path, Options{ReadOnly: true, DirectIO: true})
 	got, err := os.ReadFile(filepath.Join(mnt, "img.raw"))

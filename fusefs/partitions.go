@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/qcow2fs/qcow2fs/fusefs/parttable"
+	"github.com/qcow2fs/qcow2fs/parttable"
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/qcow2fs/qcow2fs/qcow2"
@@ -24,7 +26,7 @@ import (
 func partitionedImage(t *testing.T, dir string) (string, [2]int64, [2]int64) {
 	t.Helper()
 	if _, err := exec.LookPath("sfdisk"); err != nil {
-		lacking(t, "sfdisk (fdisk package)")
+		testenv.Lacking(t, "sfdisk (fdisk package)")
 	}
 	raw := filepath.Join(dir, "disk.img")
 	if err := os.WriteFile(raw, nil, 0o644); err != nil {
@@ -46,7 +48,7 @@ func partitionedImage(t *testing.T, dir string) (string, [2]int64, [2]int64) {
 }
 
 func TestPartitionFiles(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	path, p1, p5 := partitionedImage(t, t.TempDir())
 	var infoCalls atomic.Int32
 	info := func(img *qcow2.Image) []byte {
@@ -124,7 +126,7 @@ func TestPartitionFiles(t *testing.T) {
 }
 
 func TestPartitionFilesReadOnly(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	path, _, _ := partitionedImage(t, t.TempDir())
 	mnt, _, _ := mount(t, path, Options{ReadOnly: true, Partitions: true})
 	p := filepath.Join(mnt, "disk-p1.raw")

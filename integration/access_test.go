@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -126,7 +128,7 @@ func mountRefused(t *testing.T, mnt string, want []string, args ...string) {
 	t.Helper()
 	full := append(append([]string{"mount"}, args...), mnt)
 	r := execute("", qcow2fsBin, full...)
-	if _, ok := findMount(mnt); ok {
+	if _, ok := mounts.Find(mnt); ok {
 		forceUnmount(t, mnt)
 		t.Errorf("qcow2fs %s mounted, want it refused", strings.Join(full, " "))
 		return

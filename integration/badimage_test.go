@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 // patchImage overwrites bytes of a file at off.
@@ -119,7 +121,7 @@ func assertCleanFailure(t *testing.T, path string, r result) {
 // assertNothingLeft: no mount at mnt and no process still running for path.
 func assertNothingLeft(t *testing.T, mnt, path string) {
 	t.Helper()
-	if _, ok := findMount(mnt); ok {
+	if _, ok := mounts.Find(mnt); ok {
 		t.Errorf("a failed mount left %s mounted", mnt)
 		quietRun("fusermount3", "-u", "-z", mnt)
 	}

@@ -1,16 +1,19 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
+	"golang.org/x/sys/unix"
 )
 
 // Tests of hangs (a daemon that deadlocks, is stopped or never answers)
@@ -25,12 +28,12 @@ import (
 // bounded runs name with args (in dir when not "") and waits at most d.
 // On timeout it aborts the FUSE connections of mounts, kills the command
 // and returns Code -1 with an error saying it hung.
-func bounded(d time.Duration, mounts []string, dir, name string, args ...string) result {
-	return boundedEnv(d, nil, mounts, dir, name, args...)
+func bounded(d time.Duration, mnts []string, dir, name string, args ...string) result {
+	return boundedEnv(d, nil, mnts, dir, name, args...)
 }
 
 // boundedEnv is bounded with extra environment variables ("K=V").
-func boundedEnv(d time.Duration, env []string, mounts []string, dir, name string, args ...string) result {
+func boundedEnv(d time.Duration, env []string, mnts []string, dir, name string, args ...string) result {
 	cmd := exec.Command(name, args...)
 	cmd.Dir = dir
 	if env != nil {
@@ -49,7 +52,7 @@ func boundedEnv(d time.Duration, env []string, mounts []string, dir, name string
 	case err = <-done:
 	case <-time.After(d):
 		hung = true
-		for _, m := range mounts {
+		for _, m := range mnts {
 			abortFuse(m)
 		}
 		_ = cmd.Process.Kill()
@@ -75,9 +78,9 @@ func boundedEnv(d time.Duration, env []string, mounts []string, dir, name string
 }
 
 // mustBounded is bounded for a command that must succeed in time.
-func mustBounded(t *testing.T, d time.Duration, mounts []string, dir, name string, args ...string) string {
+func mustBounded(t *testing.T, d time.Duration, mnts []string, dir, name string, args ...string) string {
 	t.Helper()
-	r := bounded(d, mounts, dir, name, args...)
+	r := bounded(d, mnts, dir, name, args...)
 	if r.Code != 0 {
 		t.Fatalf("%s %s: %s", name, strings.Join(args, " "), r)
 	}
@@ -87,31 +90,11 @@ func mustBounded(t *testing.T, d time.Duration, mounts []string, dir, name strin
 // fuseConn returns the FUSE connection number (the minor device number) of
 // every mount at point, top first.
 func fuseConns(point string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
+	entries, _ := mounts.Read()
 	var out []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 || unescapeMount(fields[4]) != point {
-			continue
-		}
-		sep := -1
-		for i, f := range fields {
-			if f == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 0 || sep+1 >= len(fields) || !strings.HasPrefix(fields[sep+1], "fuse") {
-			continue
-		}
-		if _, minor, ok := strings.Cut(fields[2], ":"); ok {
-			out = append([]string{minor}, out...)
+	for _, e := range entries {
+		if e.Point == point && strings.HasPrefix(e.FSType, "fuse") {
+			out = append([]string{strconv.Itoa(int(unix.Minor(e.Dev)))}, out...)
 		}
 	}
 	return out
@@ -135,13 +118,13 @@ func abortFuse(point string) {
 // without ever hanging: qcow2fs unmount with a deadline, then an abort of
 // the connection and a lazy unmount.
 func cleanupMount(t *testing.T, mnt string) {
-	if _, ok := findMount(mnt); !ok {
+	if _, ok := mounts.Find(mnt); !ok {
 		return
 	}
 	t.Logf("cleanup: %s still mounted, unmounting", mnt)
 	bounded(20*time.Second, []string{mnt}, "", qcow2fsBin, "unmount", mnt)
 	for i := 0; i < 8; i++ {
-		if _, ok := findMount(mnt); !ok {
+		if _, ok := mounts.Find(mnt); !ok {
 			return
 		}
 		abortFuse(mnt)

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 // The crash workload writes numbered records, each at its own offset, and
@@ -154,7 +156,7 @@ func runCrash(t *testing.T, name, opts string) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		run(t, "fusermount3", "-u", "-z", mnt)
-		if h := holders(k.Dir); len(h) > 0 {
+		if h := mounts.OpenUnder(k.Dir); len(h) > 0 {
 			t.Fatalf("round %d: image still open after the daemon was killed: %s", round, strings.Join(h, "; "))
 		}
 

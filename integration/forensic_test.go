@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -205,7 +207,7 @@ func TestForensicReadOnlyBindMount(t *testing.T) {
 	blocked := mkdir(t, dir, "write-blocked")
 	run(t, "mount", "--bind", "-o", "ro", k.Dir, blocked)
 	t.Cleanup(func() {
-		if _, ok := findMount(blocked); ok {
+		if _, ok := mounts.Find(blocked); ok {
 			quietRun("umount", blocked)
 		}
 	})
@@ -218,7 +220,7 @@ func TestForensicReadOnlyBindMount(t *testing.T) {
 	if r.Code != 1 || !strings.Contains(strings.ToLower(r.Stderr), "read-only file system") {
 		t.Errorf("read-write mount of evidence on a read-only file system: %s", r)
 	}
-	if _, ok := findMount(mnt); ok {
+	if _, ok := mounts.Find(mnt); ok {
 		forceUnmount(t, mnt)
 		t.Fatal("read-write mount of read-only evidence succeeded")
 	}
@@ -270,7 +272,7 @@ func TestNoBacking(t *testing.T) {
 	compareFiles(t, filepath.Join(mnt, "chain.raw"), oracle)
 	// Only chain.qcow2 is open: nothing in bk/.
 	assertReadOnlyOpens(t, mnt, k.Dir, 1)
-	if h := holders(k.Bk); len(h) > 0 {
+	if h := mounts.OpenUnder(k.Bk); len(h) > 0 {
 		t.Errorf("--no-backing opened files the image names: %s", strings.Join(h, "; "))
 	}
 	unmountQcow2fs(t, mnt, k.Dir)

@@ -8,6 +8,10 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 // The fstab tests drive mount(8) for real, with a temporary fstab
@@ -28,7 +32,7 @@ const ignoredOpts = "nofail,noatime,nodev,nosuid,noexec,_netdev,x-systemd.automo
 func installLink(t *testing.T, path, target string) {
 	t.Helper()
 	if _, err := os.Lstat(path); err == nil {
-		occupied(t, path+" already exists (an installed qcow2fs?); the test does not replace it")
+		testenv.NotClean(t, path+" already exists (an installed qcow2fs?); the test does not replace it")
 	} else if !errors.Is(err, os.ErrNotExist) {
 		t.Fatal(err)
 	}
@@ -47,19 +51,8 @@ func installLink(t *testing.T, path, target string) {
 func requireAbsent(t *testing.T, path string) {
 	t.Helper()
 	if _, err := os.Lstat(path); err == nil {
-		occupied(t, path+" exists and would take precedence over the helper under test")
+		testenv.NotClean(t, path+" exists and would take precedence over the helper under test")
 	}
-}
-
-// occupied stops a test that cannot run honestly because the machine holds
-// an installation in its way: a loud skip on a developer's machine, a
-// failure on CI, which starts clean.
-func occupied(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf("CI machine not clean: %s", why)
-	}
-	t.Skipf("SKIPPED: %s", why)
 }
 
 // writeFstab writes a one-line fstab and returns its path.
@@ -76,7 +69,7 @@ func writeFstab(t *testing.T, dir, source, mnt, typ, opts string) string {
 // mountCount counts the mounts at point.
 func mountCount(t *testing.T, point string) int {
 	t.Helper()
-	mounts, err := readMounts()
+	mounts, err := mounts.Read()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +98,7 @@ func fstabMount(t *testing.T, fstab, mnt, source string) {
 	if n := mountCount(t, mnt); n != 1 {
 		t.Fatalf("%d mounts at %s after mount DIR and mount -a twice, want 1", n, mnt)
 	}
-	m, _ := findMount(mnt)
+	m, _ := mounts.Find(mnt)
 	if m.FSType != fuseType || m.Source != source {
 		t.Fatalf("%s: type %s source %s, want %s %s", mnt, m.FSType, m.Source, fuseType, source)
 	}
@@ -223,7 +216,7 @@ func TestFstab(t *testing.T) {
 		if r.Code == 0 || !strings.Contains(r.Stderr, `unknown mount option "sparkle"`) {
 			t.Errorf("fstab with an unknown option: %s", r)
 		}
-		if _, ok := findMount(mnt); ok {
+		if _, ok := mounts.Find(mnt); ok {
 			t.Errorf("mounted despite the unknown option")
 		}
 	})
@@ -235,18 +228,8 @@ func TestFstab(t *testing.T) {
 // (/proc/self/mountinfo field 6).
 func mountOptions(t *testing.T, point string) string {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts := ""
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 5 && unescapeMount(f[4]) == point {
-			opts = f[5]
-		}
-	}
-	return opts
+	e, _ := mounts.Find(point)
+	return e.Options
 }
 
 // hasAll reports whether the comma-separated list holds every one of want.

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 // Live operations (issue 14): suspend/resume and live internal snapshots
@@ -195,7 +197,7 @@ func TestLiveSuspendResume(t *testing.T) {
 	// The images are free: qemu-img takes its locks without -U.
 	mustBounded(t, time.Minute, nil, "", "qemu-img", "snapshot", "-c", "s1", s.img)
 	mustBounded(t, time.Minute, nil, "", "qemu-img", "check", s.img)
-	if h := holders(s.img); len(h) > 0 {
+	if h := mounts.OpenUnder(s.img); len(h) > 0 {
 		t.Fatalf("suspended, yet the image is open: %s", strings.Join(h, "; "))
 	}
 	// A direct read of the raw file waits in the daemon.
@@ -322,7 +324,7 @@ func TestLiveResumeRefusals(t *testing.T) {
 		if !suspendedState(mnt) {
 			t.Fatalf("the mount is not suspended after a refused resume")
 		}
-		if h := holders(img); len(h) > 0 {
+		if h := mounts.OpenUnder(img); len(h) > 0 {
 			t.Fatalf("a refused resume left the image open: %s", strings.Join(h, "; "))
 		}
 		// Unmount is refused too: the waiting requests need a resume.

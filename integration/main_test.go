@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -37,7 +39,7 @@ func runMain(m *testing.M) int {
 
 	envProblem = checkEnvironment()
 	if envProblem != "" {
-		if os.Getenv("CI") != "" {
+		if testenv.InCI() {
 			// CI installs everything: a missing piece there is a failure.
 			fmt.Fprintf(os.Stderr, "integration: CI machine cannot run the suite: %s\n", envProblem)
 			return 1
@@ -98,30 +100,16 @@ func checkEnvironment() string {
 func requireEnv(t *testing.T) {
 	t.Helper()
 	if envProblem != "" {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("the CI machine lacks a requirement: %s", envProblem)
-		}
-		t.Skipf("SKIPPED (machine lacks a requirement): %s", envProblem)
+		testenv.Lacking(t, envProblem)
 	}
 }
 
-// requireTools skips the test, loudly, when a tool it drives is missing.
+// requireTools stops the test, loudly, when the suite cannot run or a tool
+// it drives (a command, or a file a package installs) is missing.
 func requireTools(t *testing.T, tools ...string) {
 	t.Helper()
 	requireEnv(t)
-	for _, tool := range tools {
-		// A path names a file a package installs; a bare name, a command.
-		_, err := exec.LookPath(tool)
-		if filepath.IsAbs(tool) {
-			_, err = os.Stat(tool)
-		}
-		if err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s not installed on the CI machine (.ci/run must install it)", tool)
-			}
-			t.Skipf("SKIPPED (machine lacks a requirement): %s not installed", tool)
-		}
-	}
+	testenv.RequireTools(t, tools...)
 }
 
 // buildBinary compiles cmd/qcow2fs into dir, unless QCOW2FS_BIN names a

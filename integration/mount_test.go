@@ -1,14 +1,14 @@
 package integration
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 const fuseType = "fuse.qcow2fs"
@@ -25,7 +25,7 @@ func mountQcow2fs(t *testing.T, mnt string, flags []string, images ...string) {
 	if r.Code != 0 {
 		t.Fatalf("qcow2fs %s: %s", strings.Join(args, " "), r)
 	}
-	m, ok := findMount(mnt)
+	m, ok := mounts.Find(mnt)
 	if !ok {
 		t.Fatalf("qcow2fs mount returned 0 but %s is not a mount point", mnt)
 	}
@@ -44,10 +44,10 @@ func unmountQcow2fs(t *testing.T, mnt string, files ...string) {
 	if r.Code != 0 {
 		t.Fatalf("qcow2fs unmount %s: %s", mnt, r)
 	}
-	if _, ok := findMount(mnt); ok {
+	if _, ok := mounts.Find(mnt); ok {
 		t.Fatalf("qcow2fs unmount %s returned 0 but the mount is still there", mnt)
 	}
-	if h := holders(files...); len(h) > 0 {
+	if h := mounts.OpenUnder(files...); len(h) > 0 {
 		t.Fatalf("qcow2fs unmount %s returned while the image is still open: %s", mnt, strings.Join(h, "; "))
 	}
 }
@@ -55,60 +55,16 @@ func unmountQcow2fs(t *testing.T, mnt string, files ...string) {
 // forceUnmount removes a mount left behind by a failed test; a no-op when
 // the test unmounted it itself.
 func forceUnmount(t *testing.T, mnt string) {
-	if _, ok := findMount(mnt); !ok {
+	if _, ok := mounts.Find(mnt); !ok {
 		return
 	}
 	t.Logf("cleanup: %s still mounted, unmounting", mnt)
 	if r := execute("", qcow2fsBin, "unmount", mnt); r.Code == 0 {
-		if _, ok := findMount(mnt); !ok {
+		if _, ok := mounts.Find(mnt); !ok {
 			return
 		}
 	}
 	quietRun("fusermount3", "-u", "-z", mnt)
-}
-
-// holders lists the processes (other than this one) that have open any of
-// paths, or any file under them when they are directories, as
-// "pid N (comm) has PATH open".
-func holders(paths ...string) []string {
-	var want []string
-	for _, p := range paths {
-		if abs, err := filepath.Abs(p); err == nil {
-			want = append(want, abs)
-		}
-	}
-	if len(want) == 0 {
-		return nil
-	}
-	held := func(target string) bool {
-		for _, w := range want {
-			if underDir(target, w) {
-				return true
-			}
-		}
-		return false
-	}
-	procs, _ := os.ReadDir("/proc")
-	var out []string
-	for _, pe := range procs {
-		pid, err := strconv.Atoi(pe.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		fdDir := filepath.Join("/proc", pe.Name(), "fd")
-		fds, err := os.ReadDir(fdDir)
-		if err != nil {
-			continue
-		}
-		for _, fd := range fds {
-			target, err := os.Readlink(filepath.Join(fdDir, fd.Name()))
-			if err == nil && held(target) {
-				comm, _ := os.ReadFile(filepath.Join("/proc", pe.Name(), "comm"))
-				out = append(out, fmt.Sprintf("pid %d (%s) has %s open", pid, strings.TrimSpace(string(comm)), target))
-			}
-		}
-	}
-	return out
 }
 
 // daemon is a `qcow2fs mount --foreground` process the test started itself,
@@ -150,7 +106,7 @@ func startForeground(t *testing.T, mnt string, flags []string, images ...string)
 
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if m, ok := findMount(mnt); ok && m.FSType == fuseType {
+		if m, ok := mounts.Find(mnt); ok && m.FSType == fuseType {
 			return d
 		}
 		select {
@@ -227,10 +183,10 @@ func mountDev(t *testing.T, dev, dir string, opts string) {
 	}
 	run(t, "mount", args...)
 	t.Cleanup(func() {
-		if _, ok := findMount(dir); ok {
+		if _, ok := mounts.Find(dir); ok {
 			t.Logf("cleanup: unmounting %s", dir)
 			quietRun("umount", dir)
-			if _, ok := findMount(dir); ok {
+			if _, ok := mounts.Find(dir); ok {
 				quietRun("umount", "-l", dir)
 			}
 		}

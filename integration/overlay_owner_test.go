@@ -4,6 +4,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 // TestEmptyOptionValues: an empty value is a usage error for every option
@@ -22,7 +24,7 @@ func TestEmptyOptionValues(t *testing.T) {
 	} {
 		full := append(append([]string{"mount"}, args...), ev, mnt)
 		r := execute("", qcow2fsBin, full...)
-		if _, ok := findMount(mnt); ok {
+		if _, ok := mounts.Find(mnt); ok {
 			forceUnmount(t, mnt)
 			t.Errorf("qcow2fs %q mounted", full)
 			continue

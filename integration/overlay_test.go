@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 // TestOverlay: a mount with --overlay shows the evidence writable; writes
@@ -85,7 +87,7 @@ func TestOverlay(t *testing.T) {
 	if r := execute("", qcow2fsBin, "mount", "--overlay", ev, ev, mnt); r.Code != 2 || !strings.Contains(r.Stderr, "is the image itself") {
 		t.Errorf("the evidence as its own overlay: %s", r)
 	}
-	if _, ok := findMount(mnt); ok {
+	if _, ok := mounts.Find(mnt); ok {
 		t.Errorf("a refused overlay mount left %s mounted", mnt)
 	}
 	assertSameHashes(t, before, hashTree(t, k.Dir))

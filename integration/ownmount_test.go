@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 // TestMountOntoImageDirectory: `cd /images && qcow2fs mount vm.qcow2 .`
@@ -30,7 +32,7 @@ func TestMountOntoImageDirectory(t *testing.T) {
 	mnt := []string{imgDir}
 	// Exactly the user's command line: a relative image, "." as the mount point.
 	mustBounded(t, 30*time.Second, mnt, imgDir, qcow2fsBin, "mount", "vm.qcow2", ".")
-	if m, ok := findMount(imgDir); !ok || m.FSType != fuseType {
+	if m, ok := mounts.Find(imgDir); !ok || m.FSType != fuseType {
 		t.Fatalf("qcow2fs mount vm.qcow2 . returned 0 but %s is not a qcow2fs mount (%+v)", imgDir, m)
 	}
 
@@ -69,10 +71,10 @@ func TestMountOntoImageDirectory(t *testing.T) {
 	}
 
 	mustBounded(t, 30*time.Second, mnt, "", qcow2fsBin, "unmount", imgDir)
-	if _, ok := findMount(imgDir); ok {
+	if _, ok := mounts.Find(imgDir); ok {
 		t.Fatalf("%s still mounted after qcow2fs unmount", imgDir)
 	}
-	if h := holders(img); len(h) > 0 {
+	if h := mounts.OpenUnder(img); len(h) > 0 {
 		t.Errorf("the image is still open after unmount: %s", strings.Join(h, "; "))
 	}
 	if _, err := os.Stat(img); err != nil {

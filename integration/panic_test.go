@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 var (
@@ -94,10 +96,10 @@ func TestPanicKeepsServing(t *testing.T) {
 	mnt := mkdir(t, dir, "mnt")
 	logFile := filepath.Join(dir, "daemon.log")
 	t.Cleanup(func() { cleanupMount(t, mnt) })
-	mounts := []string{mnt}
+	mnts := []string{mnt}
 	const limit = 10 * time.Second
 
-	r := boundedEnv(30*time.Second, []string{"QCOW2FS_FAULT_PANIC_READ=" + fault}, mounts, "",
+	r := boundedEnv(30*time.Second, []string{"QCOW2FS_FAULT_PANIC_READ=" + fault}, mnts, "",
 		bin, "mount", "--log", logFile, a, b, c, mnt)
 	if r.Code != 0 {
 		t.Fatalf("mount: %s", r)
@@ -110,24 +112,24 @@ func TestPanicKeepsServing(t *testing.T) {
 		}
 	}
 
-	eio("the read that panics", bounded(limit, mounts, "", "dd", "if="+p("a.raw"), "of=/dev/null", "bs=64k", "count=1", "iflag=direct"))
-	eio("a second read of the image", bounded(limit, mounts, "", "dd", "if="+p("a.raw"), "of=/dev/null", "bs=64k", "count=1", "iflag=direct"))
-	eio("a read of its snapshot", bounded(limit, mounts, "", "dd", "if="+p("a@S.raw"), "of=/dev/null", "bs=64k", "count=1", "iflag=direct"))
-	eio("its info file", bounded(limit, mounts, "", "cat", p("a.info")))
-	eio("the write that panics", bounded(limit, mounts, "", "dd", "if=/dev/zero", "of="+p("c.raw"), "bs=64k", "count=1", "oflag=direct", "conv=notrunc"))
-	eio("a second write", bounded(limit, mounts, "", "dd", "if=/dev/zero", "of="+p("c.raw"), "bs=64k", "count=1", "oflag=direct", "conv=notrunc,fsync"))
+	eio("the read that panics", bounded(limit, mnts, "", "dd", "if="+p("a.raw"), "of=/dev/null", "bs=64k", "count=1", "iflag=direct"))
+	eio("a second read of the image", bounded(limit, mnts, "", "dd", "if="+p("a.raw"), "of=/dev/null", "bs=64k", "count=1", "iflag=direct"))
+	eio("a read of its snapshot", bounded(limit, mnts, "", "dd", "if="+p("a@S.raw"), "of=/dev/null", "bs=64k", "count=1", "iflag=direct"))
+	eio("its info file", bounded(limit, mnts, "", "cat", p("a.info")))
+	eio("the write that panics", bounded(limit, mnts, "", "dd", "if=/dev/zero", "of="+p("c.raw"), "bs=64k", "count=1", "oflag=direct", "conv=notrunc"))
+	eio("a second write", bounded(limit, mnts, "", "dd", "if=/dev/zero", "of="+p("c.raw"), "bs=64k", "count=1", "oflag=direct", "conv=notrunc,fsync"))
 	// stat does not need the image's lock and still works.
-	if got := strings.TrimSpace(mustBounded(t, limit, mounts, "", "stat", "-c", "%s", p("a.raw"))); got != "4194304" {
+	if got := strings.TrimSpace(mustBounded(t, limit, mnts, "", "stat", "-c", "%s", p("a.raw"))); got != "4194304" {
 		t.Errorf("stat of the failed image's file: size %s", got)
 	}
 
 	// The other image serves: reads, and a write made durable.
-	mustBounded(t, limit, mounts, "", "cmp", p("b.raw"), wantB)
+	mustBounded(t, limit, mnts, "", "cmp", p("b.raw"), wantB)
 	payload := writeTemp(t, dir, []byte(strings.Repeat("after the panic ", 4096)))
-	mustBounded(t, limit, mounts, "", "dd", "if="+payload, "of="+p("b.raw"), "bs=4k", "seek=100", "conv=notrunc,fsync", "status=none")
-	mustBounded(t, limit, mounts, "", "dd", "if="+payload, "of="+wantB, "bs=4k", "seek=100", "conv=notrunc", "status=none")
-	mustBounded(t, limit, mounts, "", "cmp", p("b.raw"), wantB)
-	if st := mustBounded(t, limit, mounts, "", qcow2fsBin, "status"); !strings.Contains(st, mnt) || !strings.Contains(st, "serving") {
+	mustBounded(t, limit, mnts, "", "dd", "if="+payload, "of="+p("b.raw"), "bs=4k", "seek=100", "conv=notrunc,fsync", "status=none")
+	mustBounded(t, limit, mnts, "", "dd", "if="+payload, "of="+wantB, "bs=4k", "seek=100", "conv=notrunc", "status=none")
+	mustBounded(t, limit, mnts, "", "cmp", p("b.raw"), wantB)
+	if st := mustBounded(t, limit, mnts, "", qcow2fsBin, "status"); !strings.Contains(st, mnt) || !strings.Contains(st, "serving") {
 		t.Errorf("status does not show the mount serving:\n%s", st)
 	}
 
@@ -138,11 +140,11 @@ func TestPanicKeepsServing(t *testing.T) {
 		}
 	}
 
-	mustBounded(t, 30*time.Second, mounts, "", qcow2fsBin, "unmount", mnt)
-	if _, ok := findMount(mnt); ok {
+	mustBounded(t, 30*time.Second, mnts, "", qcow2fsBin, "unmount", mnt)
+	if _, ok := mounts.Find(mnt); ok {
 		t.Fatalf("%s still mounted", mnt)
 	}
-	if h := holders(a, b, c); len(h) > 0 {
+	if h := mounts.OpenUnder(a, b, c); len(h) > 0 {
 		t.Errorf("images still open after unmount: %s", strings.Join(h, "; "))
 	}
 	for _, img := range []string{a, b, c} {

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 // raceCommands starts every command at the same moment and returns how
@@ -107,7 +109,7 @@ func TestRacingMounts(t *testing.T) {
 		res := raceCommands(mnts, cmds)
 		w := oneWinner(t, cmds, res, func(w int) string { return img + " is already mounted at " + mnts[w] })
 		for i, mnt := range mnts {
-			if _, ok := findMount(mnt); ok != (i == w) {
+			if _, ok := mounts.Find(mnt); ok != (i == w) {
 				t.Errorf("%s mounted: %v, want %v", mnt, ok, i == w)
 			}
 		}

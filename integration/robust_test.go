@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 // TestSigquit: SIGQUIT is handled like SIGTERM — unmount, flush, close,
@@ -31,7 +33,7 @@ func TestSigquit(t *testing.T) {
 	writeAt(t, filepath.Join(mnt, "vm.raw"), payload, 3<<20)
 
 	syscall.Kill(pid, syscall.SIGQUIT)
-	if !waitUntil(20*time.Second, func() bool { _, ok := findMount(mnt); return !ok && gone(pid) }) {
+	if !waitUntil(20*time.Second, func() bool { _, ok := mounts.Find(mnt); return !ok && gone(pid) }) {
 		t.Fatalf("SIGQUIT did not unmount %s and end daemon %d; log:\n%s", mnt, pid, readFile(logFile))
 	}
 	log := readFile(logFile)
@@ -43,7 +45,7 @@ func TestSigquit(t *testing.T) {
 	if _, err := os.Stat(rs); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("run-state file %s left behind: %v", rs, err)
 	}
-	if h := holders(img); len(h) > 0 {
+	if h := mounts.OpenUnder(img); len(h) > 0 {
 		t.Errorf("image still open: %s", strings.Join(h, "; "))
 	}
 	qemuCheckClean(t, img)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 // fuseDeviceMode sets /dev/fuse's permission bits for the test and puts
@@ -162,7 +164,7 @@ func TestRootlessMount(t *testing.T) {
 			if !gone(pid) {
 				t.Errorf("unmount returned before daemon %d exited", pid)
 			}
-			if h := holders(img); len(h) > 0 {
+			if h := mounts.OpenUnder(img); len(h) > 0 {
 				t.Errorf("image still open after unmount: %v", h)
 			}
 			qemuCheckClean(t, img)
@@ -260,7 +262,7 @@ func TestRootlessRefusals(t *testing.T) {
 		if strings.Contains(r.Stderr, "exited with code") || strings.Count(strings.TrimSpace(r.Stderr), "\n") > 0 {
 			t.Errorf("mount %v as %s: want one line naming the cause, got %q", args, u, r.Stderr)
 		}
-		if _, ok := findMount(mnt); ok {
+		if _, ok := mounts.Find(mnt); ok {
 			t.Fatalf("mounted despite the refusal")
 		}
 	}

@@ -4,6 +4,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 // TestCacheSizeGrammar: the mount's cache size takes the size grammar of
@@ -40,7 +42,7 @@ func TestCacheSizeGrammar(t *testing.T) {
 		if r.Code != 2 || !strings.Contains(r.Stderr, tc.want) {
 			t.Errorf("qcow2fs %s: %s\nwant exit 2 and %q", strings.Join(args, " "), r, tc.want)
 		}
-		if _, ok := findMount(mnt); ok {
+		if _, ok := mounts.Find(mnt); ok {
 			t.Fatalf("qcow2fs %s mounted %s", strings.Join(args, " "), filepath.Base(mnt))
 		}
 	}

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -157,8 +159,8 @@ func procMountsEntry(t *testing.T, point string) (source, fstype string, ok bool
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fl := strings.Fields(sc.Text())
-		if len(fl) >= 3 && unescapeMount(fl[1]) == point {
-			source, fstype, ok = unescapeMount(fl[0]), fl[2], true
+		if len(fl) >= 3 && mounts.Unescape(fl[1]) == point {
+			source, fstype, ok = mounts.Unescape(fl[0]), fl[2], true
 		}
 	}
 	return source, fstype, ok

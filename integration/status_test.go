@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 // statusEntry is one mount of `qcow2fs status --output json`.
@@ -196,7 +198,7 @@ func TestMountExitCodes(t *testing.T) {
 			if n := strings.Count(strings.TrimSpace(r.Stderr), "\n"); n > 0 {
 				t.Errorf("error spans %d lines: %q", n+1, r.Stderr)
 			}
-			if _, ok := findMount(mnt); ok {
+			if _, ok := mounts.Find(mnt); ok {
 				forceUnmount(t, mnt)
 				t.Errorf("%s mounted despite the error", mnt)
 			}
@@ -204,7 +206,7 @@ func TestMountExitCodes(t *testing.T) {
 	}
 	holder.Process.Kill()
 	<-held
-	if h := holders(img); len(h) > 0 {
+	if h := mounts.OpenUnder(img); len(h) > 0 {
 		t.Errorf("failed mounts left the image open: %s", strings.Join(h, "; "))
 	}
 }
@@ -234,7 +236,7 @@ func TestSigterm(t *testing.T) {
 		}
 		f.Close()
 		syscall.Kill(pid, syscall.SIGTERM)
-		if !waitUntil(20*time.Second, func() bool { _, ok := findMount(mnt); return !ok && gone(pid) }) {
+		if !waitUntil(20*time.Second, func() bool { _, ok := mounts.Find(mnt); return !ok && gone(pid) }) {
 			t.Fatalf("SIGTERM did not unmount %s and end daemon %d; log:\n%s", mnt, pid, readFile(logFile))
 		}
 		qemuCheckClean(t, img)
@@ -253,7 +255,7 @@ func TestSigterm(t *testing.T) {
 		dev := loopAttach(t, filepath.Join(mnt, "vm.raw"))
 		syscall.Kill(pid, syscall.SIGTERM)
 		time.Sleep(time.Second)
-		if _, ok := findMount(mnt); !ok || gone(pid) {
+		if _, ok := mounts.Find(mnt); !ok || gone(pid) {
 			t.Fatalf("SIGTERM with %s attached: mount or daemon gone (a lazy unmount under a loop device)", dev)
 		}
 		// Still serving: the loop device reads the image.
@@ -272,7 +274,7 @@ func TestSigterm(t *testing.T) {
 		}
 		loopDetach(t, dev)
 		syscall.Kill(pid, syscall.SIGTERM)
-		if !waitUntil(20*time.Second, func() bool { _, ok := findMount(mnt); return !ok && gone(pid) }) {
+		if !waitUntil(20*time.Second, func() bool { _, ok := mounts.Find(mnt); return !ok && gone(pid) }) {
 			t.Fatalf("second SIGTERM (loop device detached) did not unmount; log:\n%s", readFile(logFile))
 		}
 		qemuCheckClean(t, img)

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 // prompt is how long a command may take next to a daemon that does not
@@ -90,7 +92,7 @@ func TestStoppedDaemon(t *testing.T) {
 
 	t.Run("mount-another", func(t *testing.T) {
 		mustBounded(t, prompt, suspects, "", qcow2fsBin, "mount", c, mntC)
-		if m, ok := findMount(mntC); !ok || m.FSType != fuseType {
+		if m, ok := mounts.Find(mntC); !ok || m.FSType != fuseType {
 			t.Fatalf("qcow2fs mount returned 0 but %s is not mounted", mntC)
 		}
 	})
@@ -114,7 +116,7 @@ func TestStoppedDaemon(t *testing.T) {
 	})
 	t.Run("unmount-another", func(t *testing.T) {
 		mustBounded(t, prompt, suspects, "", qcow2fsBin, "unmount", mntB)
-		if _, ok := findMount(mntB); ok {
+		if _, ok := mounts.Find(mntB); ok {
 			t.Errorf("%s still mounted", mntB)
 		}
 	})
@@ -135,7 +137,7 @@ func TestStoppedDaemon(t *testing.T) {
 					t.Errorf("qcow2fs %s: stderr lacks %q: %s", strings.Join(tc.args, " "), w, r.Stderr)
 				}
 			}
-			if _, ok := findMount(mntB); ok {
+			if _, ok := mounts.Find(mntB); ok {
 				t.Errorf("%s mounted despite the refusal", mntB)
 				cleanupMount(t, mntB)
 			}
@@ -184,14 +186,14 @@ func TestStoppedDaemon(t *testing.T) {
 	if r.Code != 1 || !strings.Contains(r.Stderr, "stopped") || !strings.Contains(r.Stderr, "kill -CONT "+strconv.Itoa(pid)) {
 		t.Errorf("qcow2fs unmount of a stopped daemon's mount: %s; want exit 1 naming the stopped daemon", r)
 	}
-	if _, ok := findMount(mntA); ok {
+	if _, ok := mounts.Find(mntA); ok {
 		t.Fatalf("%s still mounted after qcow2fs unmount", mntA)
 	}
 	syscall.Kill(pid, syscall.SIGCONT)
 	if !waitUntil(20*time.Second, func() bool { return gone(pid) }) {
 		t.Fatalf("daemon %d did not finish after SIGCONT", pid)
 	}
-	if h := holders(a); len(h) > 0 {
+	if h := mounts.OpenUnder(a); len(h) > 0 {
 		t.Errorf("image still open: %s", strings.Join(h, "; "))
 	}
 	qemuCheckClean(t, a)

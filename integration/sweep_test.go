@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"os"
 	"os/exec"
 	"sort"
@@ -9,81 +8,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
+
 	"golang.org/x/sys/unix"
 )
-
-// mountEntry is one line of /proc/self/mountinfo, reduced to what the tests use.
-type mountEntry struct {
-	Point  string // mount point, unescaped
-	FSType string // e.g. "fuse.qcow2fs", "ext4"
-	Source string // e.g. the image path, "/dev/loop3"
-}
-
-// readMounts parses /proc/self/mountinfo.
-func readMounts() ([]mountEntry, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []mountEntry
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		// id parent maj:min root point opts [optional...] - fstype source superopts
-		fields := strings.Fields(sc.Text())
-		sep := -1
-		for i, f := range fields {
-			if f == "-" {
-				sep = i
-				break
-			}
-		}
-		if len(fields) < 5 || sep < 0 || sep+2 >= len(fields) {
-			continue
-		}
-		out = append(out, mountEntry{
-			Point:  unescapeMount(fields[4]),
-			FSType: fields[sep+1],
-			Source: unescapeMount(fields[sep+2]),
-		})
-	}
-	return out, sc.Err()
-}
-
-// unescapeMount undoes the kernel's octal escapes (\040 for space, ...).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// findMount returns the mount at point, if any.
-func findMount(point string) (mountEntry, bool) {
-	mounts, err := readMounts()
-	if err != nil {
-		return mountEntry{}, false
-	}
-	// The last entry wins: mounts stack.
-	for i := len(mounts) - 1; i >= 0; i-- {
-		if mounts[i].Point == point {
-			return mounts[i], true
-		}
-	}
-	return mountEntry{}, false
-}
 
 func underDir(path, dir string) bool {
 	return path == dir || strings.HasPrefix(path, strings.TrimSuffix(dir, "/")+"/")
@@ -116,10 +44,10 @@ func sweepRoot(dir string) {
 				continue
 			}
 			dev := f[0]
-			mounts, _ := readMounts()
-			for i := len(mounts) - 1; i >= 0; i-- {
-				if mounts[i].Source == dev {
-					quietRun("umount", "-l", mounts[i].Point)
+			entries, _ := mounts.Read()
+			for i := len(entries) - 1; i >= 0; i-- {
+				if entries[i].Source == dev {
+					quietRun("umount", "-l", entries[i].Point)
 				}
 			}
 			quietRun("losetup", "-d", dev)
@@ -127,9 +55,9 @@ func sweepRoot(dir string) {
 	}
 
 	// Mounts under dir, deepest first.
-	mounts, _ := readMounts()
-	var points []mountEntry
-	for _, m := range mounts {
+	entries, _ := mounts.Read()
+	var points []mounts.Entry
+	for _, m := range entries {
 		if underDir(m.Point, dir) {
 			points = append(points, m)
 		}

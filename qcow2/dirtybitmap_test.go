@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 // qemuBitmap is a bitmap as qemu-img info --output=json lists it.
@@ -49,7 +51,7 @@ func qemuCheckClean(t testing.TB, path string) {
 func qemuDirty(t testing.TB, path, name string) []span {
 	t.Helper()
 	if _, err := exec.LookPath("qemu-storage-daemon"); err != nil {
-		lacking(t, "qemu-storage-daemon is not installed (apt-get install qemu-system-common)")
+		testenv.Lacking(t, "qemu-storage-daemon is not installed (apt-get install qemu-system-common)")
 	}
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "nbd.sock")

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 // TestHostileNamedFiles: an image naming a device, a FIFO or a /proc file as
@@ -66,7 +68,7 @@ func TestHostileNamedFiles(t *testing.T) {
 func TestHostENOSPC(t *testing.T) {
 	needQEMU(t)
 	if os.Geteuid() != 0 {
-		lacking(t, "root (to mount a small tmpfs)")
+		testenv.Lacking(t, "root (to mount a small tmpfs)")
 	}
 	dir := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", dir).CombinedOutput(); err != nil {

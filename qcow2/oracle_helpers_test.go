@@ -20,27 +20,15 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 // needQEMU stops the test when the QEMU tools are missing: a loud skip on a
 // developer's machine, a failure on CI (which installs them).
 func needQEMU(t testing.TB) {
 	t.Helper()
-	for _, tool := range []string{"qemu-img", "qemu-io"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			lacking(t, fmt.Sprintf("%s is not installed (apt-get install qemu-utils)", tool))
-		}
-	}
-}
-
-// lacking reports that the machine lacks something a test needs. On CI
-// (CI set, as .ci/run does) that is a failure, never a skip.
-func lacking(t testing.TB, what string) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf("the CI machine lacks a requirement: %s", what)
-	}
-	t.Skipf("SKIPPED (machine lacks a requirement): %s", what)
+	testenv.RequireTools(t, "qemu-img", "qemu-io")
 }
 
 // runCmd runs name args in dir and returns its stdout; on failure the test

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench: on a Debian machine, as root, install what the benchmark
 # needs, build qcow2fs, the go-fuse passthrough server and the bench
-# driver, then run the driver (bench/), which prints the table and writes
+# driver, then run the driver (tools/qcow2fs-bench/), which prints the table and writes
 # docs/PERFORMANCE.md.
 #
 # Knobs (environment): BENCH_RUNTIME (seconds per timed fio job, default
@@ -44,8 +44,8 @@ fi
 
 echo "== building bin/qcow2fs, bin/fuse-passthrough, bin/qcow2fs-bench"
 go build -o bin/qcow2fs ./cmd/qcow2fs
-go build -o bin/fuse-passthrough ./cmd/fuse-passthrough
-go build -o bin/qcow2fs-bench ./bench
+go build -o bin/fuse-passthrough ./tools/fuse-passthrough
+go build -o bin/qcow2fs-bench ./tools/qcow2fs-bench
 
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/qcow2fs-bench.XXXXXX")
 work=$(realpath "$work")

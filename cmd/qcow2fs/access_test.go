@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"github.com/qcow2fs/qcow2fs/internal/access"
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
@@ -60,7 +62,7 @@ func TestSymlinkOwners(t *testing.T) {
 // linkDepth down.
 func TestAccessGuard(t *testing.T) {
 	if os.Geteuid() != 0 {
-		lacking(t, "root (a root-owned file to check other users against)")
+		testenv.Lacking(t, "root (a root-owned file to check other users against)")
 	}
 	// t.TempDir's parent is private to root: a directory others may enter.
 	dir, err := os.MkdirTemp("", "qcow2fs-guard-")

@@ -3,6 +3,8 @@ package main
 import (
 	"strings"
 
+	"github.com/qcow2fs/qcow2fs/internal/units"
+
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -86,7 +88,7 @@ func cmdBitmap(args []string) error {
 	}
 	var o qcow2.BitmapOptions
 	if *gran != "" {
-		g, err := parseSize(*gran)
+		g, err := units.Parse(*gran)
 		if err != nil {
 			return usagef("bitmap: -g: %v", err)
 		}

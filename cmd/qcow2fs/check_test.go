@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -86,7 +88,7 @@ func qemuCheckCode(t *testing.T, path string) (int, string) {
 // "corruptions found") or that it found clean although QEMU refuses them.
 func TestCheckExitCodesVsQEMU(t *testing.T) {
 	if _, err := exec.LookPath("qemu-img"); err != nil {
-		lacking(t, "qemu-img")
+		testenv.Lacking(t, "qemu-img")
 	}
 	const near63 = 0x7fffffffffff0000
 	cases := []struct {

@@ -10,6 +10,10 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -140,7 +144,7 @@ func TestInfoJSON(t *testing.T) {
 // the daemon is gone.
 func TestDaemonMountUnmount(t *testing.T) {
 	if os.Geteuid() != 0 {
-		lacking(t, "root (mounting)")
+		testenv.Lacking(t, "root (mounting)")
 	}
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.qcow2")
@@ -149,7 +153,7 @@ func TestDaemonMountUnmount(t *testing.T) {
 	mnt := filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
 	t.Cleanup(func() {
-		if m, _ := isMounted(mnt); m {
+		if m, _ := mounts.IsMounted(mnt); m {
 			fusermountUnmount(mnt, true)
 		}
 	})
@@ -164,9 +168,9 @@ func TestDaemonMountUnmount(t *testing.T) {
 	if len(got) != 4<<20 || !bytes.Equal(got[:1<<20], bytes.Repeat([]byte{0xab}, 1<<20)) || !bytes.Equal(got[1<<20:], make([]byte, 3<<20)) {
 		t.Error("disk.raw does not hold what was written")
 	}
-	entries, _ := readMountinfo()
-	e, ok := findMount(entries, mnt)
-	if !ok || e.FsType != fsType || e.Source != img || !strings.Contains(e.Options, "ro") {
+	entries, _ := mounts.Read()
+	e, ok := mounts.Last(entries, mnt)
+	if !ok || e.FSType != fsType || e.Source != img || !strings.Contains(e.Options, "ro") {
 		t.Errorf("mountinfo entry %+v", e)
 	}
 	st := readRunState(mnt)
@@ -184,7 +188,7 @@ func TestDaemonMountUnmount(t *testing.T) {
 	if code, _, stderr := runCLI(t, "unmount", mnt); code != exitOK {
 		t.Fatalf("unmount: exit %d: %s", code, stderr)
 	}
-	if m, _ := isMounted(mnt); m {
+	if m, _ := mounts.IsMounted(mnt); m {
 		t.Error("still mounted after unmount")
 	}
 	if st.alive() {
@@ -198,7 +202,7 @@ func TestDaemonMountUnmount(t *testing.T) {
 // write lock held by another process is only found by the daemon.
 func TestDaemonReportsError(t *testing.T) {
 	if os.Geteuid() != 0 {
-		lacking(t, "root (mounting)")
+		testenv.Lacking(t, "root (mounting)")
 	}
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.qcow2")
@@ -214,19 +218,8 @@ func TestDaemonReportsError(t *testing.T) {
 	if code != exitError || !strings.Contains(stderr, img) || !strings.Contains(stderr, "lock") {
 		t.Errorf("exit %d, stderr %q; want exit 1 and a lock error naming the image", code, stderr)
 	}
-	if m, _ := isMounted(mnt); m {
+	if m, _ := mounts.IsMounted(mnt); m {
 		t.Error("mounted despite the error")
 		syscall.Unmount(mnt, syscall.MNT_DETACH)
 	}
-}
-
-// lacking reports that the machine lacks something a test needs: a loud
-// skip on a developer's machine, a failure on CI (CI set, as .ci/run does),
-// which must have everything.
-func lacking(t testing.TB, what string) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf("the CI machine lacks a requirement: %s", what)
-	}
-	t.Skipf("SKIPPED (machine lacks a requirement): %s", what)
 }

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"runtime"
 
+	"github.com/qcow2fs/qcow2fs/internal/units"
+
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -104,7 +106,7 @@ func cmdConvert(args []string) error {
 	if *compress && co.DataFile != "" {
 		return usagef("convert: -c: compressed clusters cannot live in an external data file")
 	}
-	sp, err := parseSize(*sparse)
+	sp, err := units.Parse(*sparse)
 	if err != nil {
 		return usagef("convert: -S: %v", err)
 	}

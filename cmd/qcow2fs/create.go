@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/qcow2fs/qcow2fs/internal/units"
+
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -83,7 +85,7 @@ func cmdCreate(args []string) error {
 	switch fs.NArg() {
 	case 1:
 	case 2:
-		if o.Size, err = parseSize(fs.Arg(1)); err != nil {
+		if o.Size, err = units.Parse(fs.Arg(1)); err != nil {
 			return usagef("create: %v", err)
 		}
 	default:
@@ -113,9 +115,9 @@ func createOptions(kvs []keyValue) (qcow2.CreateOptions, error) {
 		var err error
 		switch kv.Key {
 		case "size":
-			o.Size, err = parseSize(kv.Value)
+			o.Size, err = units.Parse(kv.Value)
 		case "cluster_size":
-			o.ClusterSize, err = parseSize(kv.Value)
+			o.ClusterSize, err = units.Parse(kv.Value)
 		case "compat":
 			switch kv.Value {
 			case "0.10", "v2":

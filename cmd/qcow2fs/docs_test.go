@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"github.com/spf13/pflag"
 )
 
@@ -75,13 +77,7 @@ func TestDocsSyntax(t *testing.T) {
 		checks = append(checks, []string{"man", "--warnings", "-l", page})
 	}
 	for _, c := range checks {
-		if _, err := exec.LookPath(c[0]); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s not installed on CI", c[0])
-			}
-			t.Logf("SKIPPED check: %s not installed", c[0])
-			continue
-		}
+		testenv.RequireTools(t, c[0])
 		cmd := exec.Command(c[0], c[1:]...)
 		cmd.Dir = dir
 		cmd.Env = append(os.Environ(), "MANWIDTH=80", "LC_ALL=C.UTF-8")

@@ -1,6 +1,10 @@
 package main
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
+)
 
 // How a qcow2fs mount's daemon is doing, learnt without ever waiting on it
 // for long: /proc/self/mountinfo says what is mounted, the run-state files
@@ -18,7 +22,7 @@ const (
 
 // mountHealth is the state of one qcow2fs mount.
 type mountHealth struct {
-	Entry mountEntry
+	Entry mounts.Entry
 	RS    *runState // the live daemon's run state; nil if none on record
 	State string
 	Why   string // for not-responding: what was seen
@@ -28,12 +32,12 @@ type mountHealth struct {
 // daemon on record that is alive and not stopped counts as serving without
 // being asked (what mount needs: only whether the mount is still there);
 // everything else is probed, all at once, within one probeTimeout.
-func assessMounts(entries []mountEntry, probeLive bool) []mountHealth {
+func assessMounts(entries []mounts.Entry, probeLive bool) []mountHealth {
 	hs := make([]mountHealth, len(entries))
 	var toProbe []string
 	for i, e := range entries {
 		h := mountHealth{Entry: e}
-		if rs := readRunState(e.MountPoint); rs != nil {
+		if rs := readRunState(e.Point); rs != nil {
 			h.RS = rs
 			if rs.stopped() {
 				h.State, h.Why = stateNotResponding, fmt.Sprintf("its daemon (pid %d) is stopped", rs.PID)
@@ -42,7 +46,7 @@ func assessMounts(entries []mountEntry, probeLive bool) []mountHealth {
 			}
 		}
 		if h.State == "" {
-			toProbe = append(toProbe, e.MountPoint)
+			toProbe = append(toProbe, e.Point)
 		}
 		hs[i] = h
 	}
@@ -55,7 +59,7 @@ func assessMounts(entries []mountEntry, probeLive bool) []mountHealth {
 		if h.State != "" {
 			continue
 		}
-		switch res[h.Entry.MountPoint] {
+		switch res[h.Entry.Point] {
 		case probeServing:
 			h.State = stateServing
 		case probeDead:
@@ -74,14 +78,14 @@ func assessMounts(entries []mountEntry, probeLive bool) []mountHealth {
 }
 
 // qcow2fsMounts returns the qcow2fs entries of mountinfo.
-func qcow2fsMounts() ([]mountEntry, error) {
-	entries, err := readMountinfo()
+func qcow2fsMounts() ([]mounts.Entry, error) {
+	entries, err := mounts.Read()
 	if err != nil {
 		return nil, err
 	}
-	var out []mountEntry
+	var out []mounts.Entry
 	for _, e := range entries {
-		if e.FsType == fsType {
+		if e.FSType == fsType {
 			out = append(out, e)
 		}
 	}

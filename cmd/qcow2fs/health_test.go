@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 func TestImageSetUsedBy(t *testing.T) {
@@ -23,7 +25,7 @@ func TestImageSetUsedBy(t *testing.T) {
 		t.Fatal(err)
 	}
 	mount := func(src string, rs *runState) mountHealth {
-		return mountHealth{Entry: mountEntry{MountPoint: "/mnt/x", FsType: fsType, Source: src}, RS: rs, State: stateServing}
+		return mountHealth{Entry: mounts.Entry{Point: "/mnt/x", FSType: fsType, Source: src}, RS: rs, State: stateServing}
 	}
 	for _, tc := range []struct {
 		name   string

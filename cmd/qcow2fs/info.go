@@ -13,9 +13,11 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/internal/units"
+
 	"github.com/qcow2fs/qcow2fs/fusefs"
-	"github.com/qcow2fs/qcow2fs/fusefs/parttable"
 	"github.com/qcow2fs/qcow2fs/internal/imgtext"
+	"github.com/qcow2fs/qcow2fs/parttable"
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -181,7 +183,7 @@ func printPartitions(w io.Writer, t *parttable.Table, stem string) {
 			typ += " " + p.TypeName
 		}
 		fmt.Fprintf(tw, "    %d\t%s\t%d\t%d\t%s\t%s\t%s\n", p.Number, file, p.Start, p.Start/int64(t.SectorSize),
-			formatSize(uint64(p.Size)), typ, strings.Join(flags, ", "))
+			units.Format(uint64(p.Size)), typ, strings.Join(flags, ", "))
 	}
 	tw.Flush()
 	for _, warn := range t.Warnings {
@@ -197,15 +199,15 @@ func printLayer(w io.Writer, in *qcow2.Info, stem string) {
 	row := func(k, format string, args ...any) { fmt.Fprintf(kv, "%s:\t%s\n", k, fmt.Sprintf(format, args...)) }
 	row("image", "%s", imgtext.EscapePath(in.Filename))
 	row("file format", "%s", in.Format)
-	row("virtual size", "%s (%d bytes)", formatSize(uint64(in.VirtualSize)), in.VirtualSize)
-	row("disk size", "%s", formatSize(uint64(in.ActualSize)))
+	row("virtual size", "%s (%d bytes)", units.Format(uint64(in.VirtualSize)), in.VirtualSize)
+	row("disk size", "%s", units.Format(uint64(in.ActualSize)))
 	if in.Format == "qcow2" {
 		compat := "0.10"
 		if in.Version >= 3 {
 			compat = "1.1"
 		}
 		row("version", "%d (compat %s)", in.Version, compat)
-		row("cluster size", "%s (%d bytes)", formatSize(uint64(in.ClusterSize)), in.ClusterSize)
+		row("cluster size", "%s (%d bytes)", units.Format(uint64(in.ClusterSize)), in.ClusterSize)
 		row("refcount bits", "%d", in.RefcountBits)
 		row("compression type", "%s", in.CompressionType)
 		row("lazy refcounts", "%v", in.LazyRefcounts)
@@ -268,8 +270,8 @@ func printSnapshots(w io.Writer, snaps []qcow2.SnapshotInfo, stem string) {
 	var notes []string
 	for _, s := range snaps {
 		date := time.Unix(int64(s.DateSec), int64(s.DateNsec)).Format("2006-01-02 15:04:05")
-		line := fmt.Sprintf("    %s\t%s\t%s\t%s\t%s\t%s", imgtext.Escape(s.ID), imgtext.Escape(s.Name), formatSize(uint64(s.DiskSize)),
-			formatSize(s.VMStateSize), date, vmClock(s.VMClockNsec))
+		line := fmt.Sprintf("    %s\t%s\t%s\t%s\t%s\t%s", imgtext.Escape(s.ID), imgtext.Escape(s.Name), units.Format(uint64(s.DiskSize)),
+			units.Format(s.VMStateSize), date, vmClock(s.VMClockNsec))
 		id := imgtext.Escape(s.ID)
 		if s.Problem != "" {
 			notes = append(notes, fmt.Sprintf("snapshot ID %s cannot be used: %s", id, s.Problem))

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
+
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -102,21 +104,21 @@ func qcow2fsMountpoint(arg string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	entries, err := readMountinfo()
+	entries, err := mounts.Read()
 	if err != nil {
 		return "", err
 	}
-	if _, ok := findMount(entries, mp); !ok {
+	if _, ok := mounts.Last(entries, mp); !ok {
 		if real, err := filepath.EvalSymlinks(mp); err == nil {
 			mp = real
 		}
 	}
-	e, ok := findMount(entries, mp)
+	e, ok := mounts.Last(entries, mp)
 	if !ok {
 		return "", fmt.Errorf("%s is not mounted", mp)
 	}
-	if e.FsType != fsType {
-		return "", fmt.Errorf("%s is not a qcow2fs mount (it is %s)", mp, e.FsType)
+	if e.FSType != fsType {
+		return "", fmt.Errorf("%s is not a qcow2fs mount (it is %s)", mp, e.FSType)
 	}
 	return mp, nil
 }

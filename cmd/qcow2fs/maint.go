@@ -11,10 +11,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 
 	"github.com/qcow2fs/qcow2fs/qcow2"
 	"github.com/schollz/progressbar/v3"
@@ -198,9 +198,9 @@ func findImageUses(target string) []imageUse {
 			}
 		}
 	}
-	entries, _ := readMountinfo()
+	entries, _ := mounts.Read()
 	for _, e := range entries {
-		if e.FsType != fsType || seen[e.MountPoint] {
+		if e.FSType != fsType || seen[e.Point] {
 			continue
 		}
 		ro := false
@@ -209,8 +209,8 @@ func findImageUses(target string) []imageUse {
 		}
 		for _, src := range strings.Split(e.Source, ",") {
 			if same(src) || filepath.Dir(target) == src || sameDir(filepath.Dir(target), src) {
-				uses = append(uses, imageUse{Mountpoint: e.MountPoint, ReadOnly: ro})
-				seen[e.MountPoint] = true
+				uses = append(uses, imageUse{Mountpoint: e.Point, ReadOnly: ro})
+				seen[e.Point] = true
 				break
 			}
 		}
@@ -279,65 +279,6 @@ func useOf(rs *runState, target string, same func(string) bool) (imageUse, bool)
 	return imageUse{}, false
 }
 
-// holderPIDs lists "pid N (comm)" for the processes other than this one
-// that have the file at target open. Only descriptors on the target's own
-// file system are stat()ed (fdinfo's mnt_id says where each one lives): a
-// stat of a file on a FUSE mount whose daemon is stopped or hung would
-// never return.
-func holderPIDs(target string) []string {
-	tst, err := os.Stat(target)
-	if err != nil {
-		return nil
-	}
-	dev := tst.Sys().(*syscall.Stat_t).Dev
-	onDev := map[string]bool{} // mount ids of mounts of the target's file system
-	entries, _ := readMountinfo()
-	for _, e := range entries {
-		if e.Dev == dev {
-			onDev[strconv.Itoa(e.ID)] = true
-		}
-	}
-	procs, _ := os.ReadDir("/proc")
-	var out []string
-	for _, pe := range procs {
-		pid, err := strconv.Atoi(pe.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		fdDir := filepath.Join("/proc", pe.Name(), "fd")
-		fds, err := os.ReadDir(fdDir)
-		if err != nil {
-			continue
-		}
-		for _, fd := range fds {
-			if !onDev[fdMountID(pe.Name(), fd.Name())] {
-				continue
-			}
-			st, err := os.Stat(filepath.Join(fdDir, fd.Name()))
-			if err == nil && os.SameFile(st, tst) {
-				comm, _ := os.ReadFile(filepath.Join("/proc", pe.Name(), "comm"))
-				out = append(out, fmt.Sprintf("pid %d (%s)", pid, strings.TrimSpace(string(comm))))
-				break
-			}
-		}
-	}
-	return out
-}
-
-// fdMountID returns the mnt_id line of /proc/PID/fdinfo/FD ("" if unknown).
-func fdMountID(pid, fd string) string {
-	b, err := os.ReadFile(filepath.Join("/proc", pid, "fdinfo", fd))
-	if err != nil {
-		return ""
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "mnt_id:"); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
-}
-
 // maintError turns an error from a qcow2 maintenance function into the
 // message the user sees. A lock conflict names what holds the image: the
 // qcow2fs mount (mount point, mode, daemon pid, how to unmount) or else the
@@ -385,7 +326,7 @@ func maintError(name string, err error, readOnly bool) error {
 		return fmt.Errorf("%s; unmount it first (qcow2fs unmount %s)%s%s", what, u.Mountpoint, live, hint)
 	}
 	msg := fmt.Sprintf("%s is in use by another process: %s", shown, le.What)
-	if h := holderPIDs(file); len(h) > 0 {
+	if h := mounts.Holders(file); len(h) > 0 {
 		msg += "; held open by " + strings.Join(h, ", ")
 	}
 	if readOnly {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/units"
+
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -25,9 +27,9 @@ func TestParseSizeChange(t *testing.T) {
 		{in: "--1M", bad: true},
 	}
 	for _, tt := range tests {
-		sign, n, err := parseSizeChange(tt.in)
+		sign, n, err := units.ParseChange(tt.in)
 		if tt.bad != (err != nil) || !tt.bad && (sign != tt.sign || n != tt.n) {
-			t.Errorf("parseSizeChange(%q) = %d, %d, %v", tt.in, sign, n, err)
+			t.Errorf("units.ParseChange(%q) = %d, %d, %v", tt.in, sign, n, err)
 		}
 	}
 }

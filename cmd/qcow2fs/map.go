@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/qcow2fs/qcow2fs/internal/units"
+
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -126,13 +128,13 @@ func cmdMap(args []string) error {
 	if fs.NArg() != 1 {
 		return usagef("map: need exactly one IMAGE (see qcow2fs map --help)")
 	}
-	start, err := parseSize(*startArg)
+	start, err := units.Parse(*startArg)
 	if err != nil {
 		return usagef("map: --start-offset: %v", err)
 	}
 	length := int64(-1)
 	if *lengthArg != "" {
-		if length, err = parseSize(*lengthArg); err != nil {
+		if length, err = units.Parse(*lengthArg); err != nil {
 			return usagef("map: --max-length: %v", err)
 		}
 	}

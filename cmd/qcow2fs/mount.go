@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/qcow2fs/qcow2fs/internal/units"
 )
 
 const mountUsage = `Usage: qcow2fs mount [OPTIONS] IMAGE... MOUNTPOINT
@@ -92,7 +94,7 @@ func parseMountArgs(args []string) (*mountConfig, []string, error) {
 		return nil, nil, err
 	}
 	if cacheSize != "" {
-		n, err := parseSize(cacheSize)
+		n, err := units.Parse(cacheSize)
 		if err != nil {
 			return nil, nil, usagef("--cache-size: %v", err)
 		}

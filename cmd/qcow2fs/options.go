@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"strings"
+
+	"github.com/qcow2fs/qcow2fs/internal/units"
 )
 
 // mountConfig is everything a mount needs, resolved to absolute paths so
@@ -81,7 +83,7 @@ func applyMountOptions(cfg *mountConfig, arg string) error {
 		case key == "debug" && !hasVal:
 			cfg.Debug = true
 		case key == "cache_size" && hasVal:
-			n, err := parseSize(val)
+			n, err := units.Parse(val)
 			if err != nil {
 				return fmt.Errorf("mount option %q: %w", opt, err)
 			}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -114,5 +115,47 @@ func TestEmptyFlagValues(t *testing.T) {
 	code, _, stderr := runCLI(t, "rebase", "-u", "-b", "", filepath.Join(t.TempDir(), "missing.qcow2"))
 	if code != exitError || strings.Contains(stderr, "empty value") {
 		t.Errorf("rebase -b \"\": exit %d, %q; want the missing image reported", code, stderr)
+	}
+}
+
+// TestCacheSizeFlag: --cache-size and -o cache_size take the one size
+// grammar; a bad size is a usage error naming the flag or option.
+func TestCacheSizeFlag(t *testing.T) {
+	for _, args := range [][]string{
+		{"--cache-size", "64M"},
+		{"--cache-size=64M"},
+		{"--cache-size=67108864"},
+		{"--cache-size", "64MiB"},
+		{"--cache-size=0.0625G"},
+		{"-o", "cache_size=64M"},
+		{"-o", "ro,cache_size=67108864"},
+		{"-o", "cache_size=65536k"},
+	} {
+		cfg, pos, err := parseMountArgs(append(args, "vm.qcow2", "/mnt"))
+		if err != nil {
+			t.Errorf("%q: %v", args, err)
+			continue
+		}
+		if cfg.CacheSize != 64<<20 || len(pos) != 2 {
+			t.Errorf("%q: cache size %d, arguments %q; want 64 MiB", args, cfg.CacheSize, pos)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--cache-size=64Q"}, `--cache-size: invalid size "64Q"`},
+		{[]string{"--cache-size", "-64M"}, `--cache-size: negative size "-64M"`},
+		{[]string{"--cache-size=8E"}, `--cache-size: size "8E" is too large`},
+		{[]string{"-o", "cache_size=64Q"}, `mount option "cache_size=64Q": invalid size "64Q"`},
+		{[]string{"-o", "cache_size=-1"}, `mount option "cache_size=-1": negative size`},
+	} {
+		_, _, err := parseMountArgs(append(tc.args, "vm.qcow2", "/mnt"))
+		var ue *usageError
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want an error saying %q", tc.args, err, tc.want)
+		} else if !errors.As(err, &ue) {
+			t.Errorf("%q: %v is not a usage error (exit code 2)", tc.args, err)
+		}
 	}
 }

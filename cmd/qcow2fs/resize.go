@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 
+	"github.com/qcow2fs/qcow2fs/internal/units"
+
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -33,7 +35,7 @@ func cmdResize(args []string) error {
 		return usagef("resize: need IMAGE and SIZE (see qcow2fs resize --help)")
 	}
 	path := fs.Arg(0)
-	sign, n, err := parseSizeChange(fs.Arg(1))
+	sign, n, err := units.ParseChange(fs.Arg(1))
 	if err != nil {
 		return usagef("resize: %v", err)
 	}

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/internal/units"
+
 	"github.com/qcow2fs/qcow2fs/internal/imgtext"
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
@@ -221,6 +223,6 @@ func writeSnapshotList(w io.Writer, snaps []qcow2.SnapshotInfo) {
 			icount = strconv.FormatUint(s.ICount, 10)
 		}
 		// (Names are escaped and bounded: they come from the image.)
-		fmt.Fprintf(w, "%-9s %-16s %8s%20s%13s%11s\n", imgtext.Escape(s.ID), imgtext.Escape(s.Name), formatSize(s.VMStateSize), date, clock, icount)
+		fmt.Fprintf(w, "%-9s %-16s %8s%20s%13s%11s\n", imgtext.Escape(s.ID), imgtext.Escape(s.Name), units.Format(s.VMStateSize), date, clock, icount)
 	}
 }

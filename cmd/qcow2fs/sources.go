@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 // qcow2Magic starts every qcow2 file ("QFI\xfb").
@@ -148,16 +150,16 @@ func resolveMountpoint(arg string) (string, error) {
 // cleans up a stale one, and refuses one whose FUSE daemon does not answer
 // (looking into it would wait forever).
 func checkMountedAt(mp string) error {
-	entries, err := readMountinfo()
+	entries, err := mounts.Read()
 	if err != nil {
 		return err
 	}
-	e, ok := findMount(entries, mp)
+	e, ok := mounts.Last(entries, mp)
 	if !ok {
 		return nil
 	}
-	if e.FsType == fsType {
-		h := assessMounts([]mountEntry{e}, false)[0]
+	if e.FSType == fsType {
+		h := assessMounts([]mounts.Entry{e}, false)[0]
 		switch h.State {
 		case stateStale:
 			return cleanupStaleMount(mp)
@@ -166,12 +168,12 @@ func checkMountedAt(mp string) error {
 		}
 		return fmt.Errorf("%s is already a qcow2fs mount (of %s)", mp, e.Source)
 	}
-	if strings.HasPrefix(e.FsType, "fuse") {
+	if strings.HasPrefix(e.FSType, "fuse") {
 		switch probeMount(mp, probeTimeout) {
 		case probeTimedOut:
-			return fmt.Errorf("mount point %s: the %s file system mounted there does not answer", mp, e.FsType)
+			return fmt.Errorf("mount point %s: the %s file system mounted there does not answer", mp, e.FSType)
 		case probeDead:
-			return fmt.Errorf("mount point %s: transport endpoint is not connected (%s mount of %s; its daemon died)", mp, e.FsType, e.Source)
+			return fmt.Errorf("mount point %s: transport endpoint is not connected (%s mount of %s; its daemon died)", mp, e.FSType, e.Source)
 		}
 	}
 	return nil
@@ -180,15 +182,15 @@ func checkMountedAt(mp string) error {
 // cleanupStaleMount unmounts a FUSE mount whose daemon is gone. Nothing
 // can be served from it any more, so a lazy unmount loses nothing.
 func cleanupStaleMount(mp string) error {
-	entries, err := readMountinfo()
+	entries, err := mounts.Read()
 	if err != nil {
 		return err
 	}
-	e, ok := findMount(entries, mp)
+	e, ok := mounts.Last(entries, mp)
 	if !ok {
 		return nil // someone else cleaned it up meanwhile
 	}
-	fmt.Fprintf(os.Stderr, "qcow2fs: warning: %s is a stale %s mount of %s (its daemon died); unmounting it\n", mp, e.FsType, e.Source)
+	fmt.Fprintf(os.Stderr, "qcow2fs: warning: %s is a stale %s mount of %s (its daemon died); unmounting it\n", mp, e.FSType, e.Source)
 	if err := syscall.Unmount(mp, syscall.MNT_DETACH); err != nil {
 		if err2 := fusermountUnmount(mp, true); err2 != nil {
 			return fmt.Errorf("clean up stale mount %s: %v", mp, err)
@@ -212,7 +214,7 @@ func checkNotMounted(mountpoint string, images []string, fsName string) error {
 		e := h.Entry
 		if h.State == stateStale {
 			// Its daemon died: the images are free again.
-			if err := cleanupStaleMount(e.MountPoint); err != nil {
+			if err := cleanupStaleMount(e.Point); err != nil {
 				return err
 			}
 			continue
@@ -221,11 +223,11 @@ func checkNotMounted(mountpoint string, images []string, fsName string) error {
 		if h.State == stateNotResponding {
 			why = "; " + h.Why
 		}
-		if e.MountPoint == mountpoint {
+		if e.Point == mountpoint {
 			return fmt.Errorf("%s is already a qcow2fs mount (of %s)%s", mountpoint, e.Source, why)
 		}
 		if img := mine.usedBy(h, fsName); img != "" {
-			return fmt.Errorf("%s is already mounted at %s%s", img, e.MountPoint, why)
+			return fmt.Errorf("%s is already mounted at %s%s", img, e.Point, why)
 		}
 	}
 	return nil

@@ -78,7 +78,7 @@ func cmdStatus(args []string) error {
 // statusOf joins a mount's entry, state and daemon's run state.
 func statusOf(h mountHealth) mountStatus {
 	e := h.Entry
-	st := mountStatus{Mountpoint: e.MountPoint, Source: e.Source, Mode: "rw", Options: e.Options, State: h.State, Why: h.Why}
+	st := mountStatus{Mountpoint: e.Point, Source: e.Source, Mode: "rw", Options: e.Options, State: h.State, Why: h.Why}
 	for _, o := range strings.Split(e.Options, ",") {
 		if o == "ro" {
 			st.Mode = "ro"

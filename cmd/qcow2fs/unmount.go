@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
 const unmountUsage = `Usage: qcow2fs unmount MOUNTPOINT
@@ -39,7 +41,7 @@ func cmdUnmount(args []string) error {
 	if err != nil {
 		return err
 	}
-	entries, err := readMountinfo()
+	entries, err := mounts.Read()
 	if err != nil {
 		return err
 	}
@@ -47,17 +49,17 @@ func cmdUnmount(args []string) error {
 	// and a dead daemon's mount answers ENOTCONN, a stopped one nothing at
 	// all. Only a path that is not a mount point is resolved (a symlink to
 	// one, say).
-	if _, ok := findMount(entries, mp); !ok {
+	if _, ok := mounts.Last(entries, mp); !ok {
 		if real, err := filepath.EvalSymlinks(mp); err == nil {
 			mp = real
 		}
 	}
-	e, ok := findMount(entries, mp)
+	e, ok := mounts.Last(entries, mp)
 	if !ok {
 		return fmt.Errorf("%s is not mounted", mp)
 	}
-	if e.FsType != fsType {
-		return fmt.Errorf("%s is not a qcow2fs mount (it is %s)", mp, e.FsType)
+	if e.FSType != fsType {
+		return fmt.Errorf("%s is not a qcow2fs mount (it is %s)", mp, e.FSType)
 	}
 	daemon := readRunState(mp)
 	if daemon != nil && daemon.Suspended {
@@ -73,7 +75,7 @@ func cmdUnmount(args []string) error {
 			return fmt.Errorf("unmount %s: %v", mp, err)
 		}
 	}
-	if err := waitFor(mountGoneTimeout, func() bool { m, err := isMounted(mp); return err == nil && !m }); err != nil {
+	if err := waitFor(mountGoneTimeout, func() bool { m, err := mounts.IsMounted(mp); return err == nil && !m }); err != nil {
 		return fmt.Errorf("%s is still mounted after %v", mp, mountGoneTimeout)
 	}
 	if daemon != nil {

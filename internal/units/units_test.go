@@ -1,7 +1,6 @@
-package main
+package units
 
 import (
-	"errors"
 	"strings"
 	"testing"
 )
@@ -66,16 +65,16 @@ func TestParseSize(t *testing.T) {
 		{in: "64MM", bad: "invalid"},
 	}
 	for _, tt := range tests {
-		got, err := parseSize(tt.in)
+		got, err := Parse(tt.in)
 		switch {
 		case tt.bad != "" && err == nil:
-			t.Errorf("parseSize(%q) = %d, want an error", tt.in, got)
+			t.Errorf("Parse(%q) = %d, want an error", tt.in, got)
 		case tt.bad != "" && !strings.Contains(err.Error(), tt.bad):
-			t.Errorf("parseSize(%q): %v, want an error saying %q", tt.in, err, tt.bad)
+			t.Errorf("Parse(%q): %v, want an error saying %q", tt.in, err, tt.bad)
 		case tt.bad == "" && err != nil:
-			t.Errorf("parseSize(%q): %v", tt.in, err)
+			t.Errorf("Parse(%q): %v", tt.in, err)
 		case tt.bad == "" && got != tt.want:
-			t.Errorf("parseSize(%q) = %d, want %d", tt.in, got, tt.want)
+			t.Errorf("Parse(%q) = %d, want %d", tt.in, got, tt.want)
 		}
 	}
 }
@@ -99,50 +98,8 @@ func TestFormatSize(t *testing.T) {
 		(1 << 30) + 1<<20: "1 GiB",
 	}
 	for in, want := range tests {
-		if got := formatSize(in); got != want {
-			t.Errorf("formatSize(%d) = %q, want %q", in, got, want)
-		}
-	}
-}
-
-// TestCacheSizeFlag: --cache-size and -o cache_size take the one size
-// grammar; a bad size is a usage error naming the flag or option.
-func TestCacheSizeFlag(t *testing.T) {
-	for _, args := range [][]string{
-		{"--cache-size", "64M"},
-		{"--cache-size=64M"},
-		{"--cache-size=67108864"},
-		{"--cache-size", "64MiB"},
-		{"--cache-size=0.0625G"},
-		{"-o", "cache_size=64M"},
-		{"-o", "ro,cache_size=67108864"},
-		{"-o", "cache_size=65536k"},
-	} {
-		cfg, pos, err := parseMountArgs(append(args, "vm.qcow2", "/mnt"))
-		if err != nil {
-			t.Errorf("%q: %v", args, err)
-			continue
-		}
-		if cfg.CacheSize != 64<<20 || len(pos) != 2 {
-			t.Errorf("%q: cache size %d, arguments %q; want 64 MiB", args, cfg.CacheSize, pos)
-		}
-	}
-	for _, tc := range []struct {
-		args []string
-		want string
-	}{
-		{[]string{"--cache-size=64Q"}, `--cache-size: invalid size "64Q"`},
-		{[]string{"--cache-size", "-64M"}, `--cache-size: negative size "-64M"`},
-		{[]string{"--cache-size=8E"}, `--cache-size: size "8E" is too large`},
-		{[]string{"-o", "cache_size=64Q"}, `mount option "cache_size=64Q": invalid size "64Q"`},
-		{[]string{"-o", "cache_size=-1"}, `mount option "cache_size=-1": negative size`},
-	} {
-		_, _, err := parseMountArgs(append(tc.args, "vm.qcow2", "/mnt"))
-		var ue *usageError
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%q: %v, want an error saying %q", tc.args, err, tc.want)
-		} else if !errors.As(err, &ue) {
-			t.Errorf("%q: %v is not a usage error (exit code 2)", tc.args, err)
+		if got := Format(in); got != want {
+			t.Errorf("Format(%d) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -71,7 +71,7 @@ func (c *cleaner) runAll() {
 		s := c.steps[len(c.steps)-1]
 		c.mu.Unlock()
 		if err := c.runStep(s); err != nil {
-			fmt.Fprintf(os.Stderr, "bench: cleanup: %s: %v\n", s.what, err)
+			fmt.Fprintf(os.Stderr, "qcow2fs-bench: cleanup: %s: %v\n", s.what, err)
 		}
 	}
 }

@@ -9,18 +9,15 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 // TestAgainstSfdisk lets util-linux's sfdisk write real tables (MBR with
 // logical partitions, GPT) into sparse files and checks that Read finds
 // what sfdisk --json reports, numbers included.
 func TestAgainstSfdisk(t *testing.T) {
-	if _, err := exec.LookPath("sfdisk"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("the CI machine lacks sfdisk (fdisk package)")
-		}
-		t.Skip("SKIPPED (machine lacks a requirement): sfdisk (fdisk package)")
-	}
+	testenv.RequireTools(t, "sfdisk")
 	for _, tc := range []struct{ name, script string }{
 		{"mbr", "label: dos\n2048,10M,83,*\n,10M,82\n,,5\n,5M,83\n,5M,7\n,,8e\n"},
 		{"mbr-gap", "label: dos\nDEV1 : start=2048, size=10M, type=83\nDEV3 : start=61440, size=10M, type=c\n"},

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -86,20 +88,20 @@ func firstLine(name string, args ...string) string {
 
 // hostFS names the file system type and device holding dir.
 func hostFS(dir string) string {
-	ms, err := readMounts()
+	ms, err := mounts.Read()
 	if err != nil {
 		return ""
 	}
-	best := mountEntry{}
+	best := mounts.Entry{}
 	for _, m := range ms {
-		if (dir == m.point || strings.HasPrefix(dir, strings.TrimSuffix(m.point, "/")+"/")) && len(m.point) >= len(best.point) {
+		if (dir == m.Point || strings.HasPrefix(dir, strings.TrimSuffix(m.Point, "/")+"/")) && len(m.Point) >= len(best.Point) {
 			best = m
 		}
 	}
-	if best.point == "" {
+	if best.Point == "" {
 		return ""
 	}
-	return fmt.Sprintf("%s (%s on %s)", best.fsType, best.source, best.point)
+	return fmt.Sprintf("%s (%s on %s)", best.FSType, best.Source, best.Point)
 }
 
 // noteMount remembers the mount options of the first mount of each
@@ -108,7 +110,7 @@ func (b *bench) noteMount(t target, point string) {
 	if b.mountNotes[t] != "" {
 		return
 	}
-	if m, ok := findMount(point); ok {
-		b.mountNotes[t] = fmt.Sprintf("%s: %s", m.fsType, m.options)
+	if m, ok := mounts.Find(point); ok {
+		b.mountNotes[t] = fmt.Sprintf("%s: %s,%s", m.FSType, m.Options, m.SuperOptions)
 	}
 }

@@ -73,7 +73,7 @@ func (b *bench) fail(r *row, t target, err error, expected bool) {
 	r.cells[t] = cell{status: "failed"}
 	where := fmt.Sprintf("%s, %s", r.title, t)
 	b.failures = append(b.failures, failure{where: where, err: err.Error(), expected: expected})
-	fmt.Fprintf(os.Stderr, "bench: FAILED: %s: %v\n", where, err)
+	fmt.Fprintf(os.Stderr, "qcow2fs-bench: FAILED: %s: %v\n", where, err)
 }
 
 func (b *bench) skip(r *row, t target, why string) {

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
+
 	"github.com/spf13/pflag"
 )
 
@@ -52,7 +54,7 @@ type bench struct {
 func main() {
 	cfg, err := parseConfig(os.Args[1:])
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		fmt.Fprintf(os.Stderr, "qcow2fs-bench: %v\n", err)
 		os.Exit(2)
 	}
 	os.Exit(runBench(cfg))
@@ -74,7 +76,7 @@ func envStr(name, def string) string {
 }
 
 func parseConfig(args []string) (config, error) {
-	fs := pflag.NewFlagSet("bench", pflag.ContinueOnError)
+	fs := pflag.NewFlagSet("qcow2fs-bench", pflag.ContinueOnError)
 	var cfg config
 	var only, qOpts, pOpts string
 	var compressedMiB int
@@ -147,12 +149,12 @@ func parseConfig(args []string) (config, error) {
 
 func runBench(cfg config) int {
 	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "bench: run as root: it mounts FUSE file systems and attaches loop devices")
+		fmt.Fprintln(os.Stderr, "qcow2fs-bench: run as root: it mounts FUSE file systems and attaches loop devices")
 		return 1
 	}
 	work, err := filepath.EvalSymlinks(cfg.work)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		fmt.Fprintf(os.Stderr, "qcow2fs-bench: %v\n", err)
 		return 1
 	}
 	b := &bench{cfg: cfg, work: work, clean: newCleaner()}
@@ -160,14 +162,14 @@ func runBench(cfg config) int {
 	defer b.clean.runAll()
 	if cfg.jsonDir != "" {
 		if err := os.MkdirAll(cfg.jsonDir, 0o755); err != nil {
-			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			fmt.Fprintf(os.Stderr, "qcow2fs-bench: %v\n", err)
 			return 1
 		}
 	}
 
 	started := time.Now()
 	m := b.describeMachine()
-	logf("bench: %s, %d CPUs; fio runtime %d s + %d s ramp; work dir %s", m.cpu, m.cpus, cfg.runtime, cfg.ramp, work)
+	logf("qcow2fs-bench: %s, %d CPUs; fio runtime %d s + %d s ramp; work dir %s", m.cpu, m.cpus, cfg.runtime, cfg.ramp, work)
 	steps := map[string]func() error{
 		"main": b.runMain, "ext4": b.runExt4, "rss": b.runRSS,
 		"mounttime": b.runMountTime, "compressed": b.runCompressed,
@@ -187,7 +189,7 @@ func runBench(cfg config) int {
 		// The signal handler cleans up and exits; nothing to report.
 		select {}
 	}
-	if left := mountsUnder(work); len(left) > 0 && fatal == nil {
+	if left := mounts.Under(work); len(left) > 0 && fatal == nil {
 		fatal = fmt.Errorf("still mounted after cleanup: %s", strings.Join(left, ", "))
 	}
 	took := time.Since(started)
@@ -212,13 +214,13 @@ func runBench(cfg config) int {
 	}
 	if cfg.out != "" {
 		if err := b.writeReport(cfg.out, m, started, took); err != nil {
-			fmt.Fprintf(os.Stderr, "bench: writing %s: %v\n", cfg.out, err)
+			fmt.Fprintf(os.Stderr, "qcow2fs-bench: writing %s: %v\n", cfg.out, err)
 			return 1
 		}
 		logf("wrote %s", cfg.out)
 	}
 	if n := b.unexpectedFailures(); n > 0 {
-		fmt.Fprintf(os.Stderr, "bench: %d measurement(s) failed (see above)\n", n)
+		fmt.Fprintf(os.Stderr, "qcow2fs-bench: %d measurement(s) failed (see above)\n", n)
 		return 1
 	}
 	return 0

@@ -1,9 +1,10 @@
-package main
-
-// The one size grammar and the one size format of the command line: every
-// size a user gives (mount --cache-size and -o cache_size, create SIZE and
-// -o size/cluster_size, resize [+-]SIZE, map --start-offset/--max-length)
-// is read by parseSize, and every size shown is written by formatSize.
+// Package units holds the one size grammar and the one size format of
+// qcow2fs's command line: every size a user gives (mount --cache-size and
+// -o cache_size, create SIZE and -o size/cluster_size, resize [+-]SIZE,
+// map --start-offset/--max-length, convert -S) is read by Parse, and every
+// size shown is written by Format. The grammar is qemu-img's (64M, 1.5G,
+// 4096).
+package units
 
 import (
 	"errors"
@@ -17,13 +18,13 @@ import (
 // sizeSuffixes are qemu-img's size suffixes (powers of 1024).
 var sizeSuffixes = map[byte]uint{'b': 0, 'k': 10, 'm': 20, 'g': 30, 't': 40, 'p': 50, 'e': 60}
 
-// parseSize reads a size as qemu-img does: a number of bytes with an
+// Parse reads a size as qemu-img does: a number of bytes with an
 // optional suffix k, M, G, T, P or E (any case, powers of 1024; "KiB",
 // "KB" and "B" are accepted too). A decimal fraction is allowed with a
 // suffix ("1.5G"); the result is rounded down to a whole byte. Negative
 // sizes and sizes of 8 EiB or more are refused. The caller names the flag
 // or option in its error.
-func parseSize(s string) (int64, error) {
+func Parse(s string) (int64, error) {
 	t := strings.TrimSpace(s)
 	if t == "" {
 		return 0, fmt.Errorf("empty size")
@@ -85,23 +86,23 @@ func isSizeLetter(c byte) bool {
 	return ok && c != 'b'
 }
 
-// parseSizeChange reads resize's SIZE argument: an absolute size, or one
+// ParseChange reads resize's SIZE argument: an absolute size, or one
 // relative to the current size with a leading + or - (sign +1 or -1).
-func parseSizeChange(s string) (sign int, n int64, err error) {
+func ParseChange(s string) (sign int, n int64, err error) {
 	switch {
 	case strings.HasPrefix(s, "+"):
 		sign, s = 1, s[1:]
 	case strings.HasPrefix(s, "-"):
 		sign, s = -1, s[1:]
 	}
-	n, err = parseSize(s)
+	n, err = Parse(s)
 	return sign, n, err
 }
 
-// formatSize formats a byte count as QEMU's size_to_str does (what
+// Format formats a byte count as QEMU's size_to_str does (what
 // qemu-img info prints): three significant digits and a binary unit
 // ("0 B", "1 KiB", "1.46 GiB").
-func formatSize(v uint64) string {
+func Format(v uint64) string {
 	suffixes := []string{"", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"}
 	// The unit is the largest whose value is at least 1000/1024 of it, so
 	// the number stays below 1000.
