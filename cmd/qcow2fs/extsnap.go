@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/qcow2fs/qcow2fs/fusefs"
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -158,6 +159,15 @@ func resolveNewOverlay(overlay, image string) (string, error) {
 	abs, err := filepath.Abs(overlay)
 	if err != nil {
 		return "", err
+	}
+	// Not in a qcow2fs mount (nothing can be created there), and not
+	// looked at there: a suspended mount would make the look wait.
+	if entries, err := mounts.Read(); err == nil {
+		for _, e := range entries {
+			if e.FSType == fsType && underMount(abs, e.Point) {
+				return "", fmt.Errorf("overlay %s: inside the qcow2fs mount at %s; name a file elsewhere", abs, e.Point)
+			}
+		}
 	}
 	if sameFile(abs, image) {
 		return "", usagef("snapshot create --external: %s is the image itself; name a new file for the overlay", overlay)
