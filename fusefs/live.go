@@ -143,6 +143,9 @@ func (s *Server) Resume(images []*qcow2.Image) (*ResumeReport, error) {
 	swap := map[*qcow2.Image]*qcow2.Image{}
 	for i, img := range images {
 		swap[s.images[i]] = img
+		if p := s.images[i].Path(); img.Path() != p {
+			s.health.alias(img.Path(), p) // another layer (layer.go)
+		}
 	}
 	for _, f := range r.files {
 		if n, ok := swap[f.img]; ok {

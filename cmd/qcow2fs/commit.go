@@ -6,13 +6,31 @@ import (
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
-const commitUsage = `Usage: qcow2fs commit [-p] [-q] IMAGE
+const commitUsage = `Usage: qcow2fs commit [-p] [-q] [--timeout DURATION] IMAGE
 
 Writes the data IMAGE holds itself into its backing file, then empties
 IMAGE so that it reads through to the backing file again (as "qemu-img
 commit" does). The guest sees the same disk through IMAGE afterwards; the
 backing file now holds that content too (and so changes for every other
 image built on it). Internal snapshots of IMAGE are kept.
+
+On an image mounted read-write (the overlay of a live external snapshot,
+say) commit is live, the active-layer commit: between requests the
+mount's daemon suspends the mount (the requests in flight drain, the
+images are flushed and closed), merges IMAGE into its backing file (the
+backing file is written and flushed before IMAGE is emptied: a crash at
+any point leaves a chain that reads the same), then switches the mount's
+file (same name) back to the backing file, read-write, and resumes. An
+overlay the mount's own live external snapshot created is then removed;
+any other is left, empty. The I/O on the mount waits while the data is
+copied: the longer the more the overlay holds. --timeout bounds the wait
+for the requests in flight (default 10s). A backing file that is raw, or of
+another virtual size, is not switched to: the mount goes on with IMAGE,
+empty, reading through.
+
+On a suspended mount (qcow2fs suspend) commit runs offline as on an
+unmounted image (the suspend released the locks); qcow2fs resume then
+reopens IMAGE, empty, which shows the same disk.
 `
 
 const rebaseUsage = `Usage: qcow2fs rebase [-u] [-p] -b NEW [-F FMT] IMAGE
@@ -34,6 +52,7 @@ func cmdCommit(args []string) error {
 	format := fs.StringP("format", "f", "qcow2", "image `FORMAT` (only qcow2)")
 	prog := fs.BoolP("progress", "p", false, "show a progress bar when stderr is a terminal")
 	quiet := fs.BoolP("quiet", "q", false, "print nothing on success")
+	timeout := fs.Duration("timeout", defaultSuspendTimeout, "a mounted IMAGE: give up when its requests in flight have not drained after `DURATION`")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -47,6 +66,12 @@ func cmdCommit(args []string) error {
 	p := newProgress(*prog, "committing")
 	if err := qcow2.Commit(path, qcow2.MaintenanceOptions{Progress: p.update}); err != nil {
 		p.abort()
+		if isLockError(err) {
+			// Mounted: the mount's daemon commits between requests.
+			if handled, lerr := liveCommit(path, *timeout, *quiet); handled {
+				return lerr
+			}
+		}
 		return maintError(path, err, false)
 	}
 	p.finish()

@@ -65,6 +65,7 @@ type controlResponse struct {
 	Added     []string `json:"added,omitempty"`
 	Removed   []string `json:"removed,omitempty"`
 	Warnings  []string `json:"warnings,omitempty"`
+	Note      string   `json:"note,omitempty"` // what a layer operation did (extsnap.go)
 }
 
 // controlSocketPath is the socket of the daemon serving mountpoint in the
@@ -84,12 +85,16 @@ type controller struct {
 	// busy serialises the operations; a request waits for it no longer
 	// than its own deadline.
 	busy chan struct{}
+	// tables follow the layers a resume brings in (extsnap.go); created
+	// are the overlays live external snapshots of this daemon made.
+	tables  *liveTables
+	created map[string]bool
 }
 
 // startControl listens on the mount's control socket. Best effort, like
 // the run state: without a run-state directory there is no socket, and
 // the live operations are not available.
-func startControl(cfg *mountConfig, srv *fusefs.Server, log *logrus.Logger) *controller {
+func startControl(cfg *mountConfig, srv *fusefs.Server, tables *liveTables, log *logrus.Logger) *controller {
 	dir := runStateDir()
 	if dir == "" {
 		return nil
@@ -113,7 +118,7 @@ func startControl(cfg *mountConfig, srv *fusefs.Server, log *logrus.Logger) *con
 		return nil
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	c := &controller{cfg: cfg, srv: srv, log: log, ln: ln, path: path, busy: make(chan struct{}, 1)}
+	c := &controller{cfg: cfg, srv: srv, log: log, ln: ln, path: path, busy: make(chan struct{}, 1), tables: tables, created: map[string]bool{}}
 	go c.accept()
 	return c
 }
@@ -226,6 +231,10 @@ func (c *controller) do(req controlRequest, timeout time.Duration) controlRespon
 		return c.resume()
 	case opSnapshotCreate, opSnapshotDelete:
 		return c.snapshot(req, timeout)
+	case opSnapshotExternal:
+		return c.externalSnapshot(req, timeout)
+	case opCommit:
+		return c.commit(req, timeout)
 	}
 	return controlResponse{Error: fmt.Sprintf("unknown operation %q", req.Op)}
 }
@@ -243,11 +252,14 @@ func (c *controller) suspend(timeout time.Duration) error {
 // resume reopens the images as the mount opened them and hands them to
 // the file system. On failure the mount stays suspended.
 func (c *controller) resume() controlResponse {
-	images, _, _, _, err := openImages(c.cfg, quietReporter{c.log})
+	images, _, perm, _, err := openImages(c.cfg, quietReporter{c.log})
 	if err != nil {
 		c.log.Errorf("resume %s: %v; still suspended", c.cfg.Mountpoint, err)
 		return controlResponse{Error: fmt.Sprintf("resume %s: %v; the mount stays suspended", c.cfg.Mountpoint, err)}
 	}
+	// Before the files are handed the images: a switched layer's path
+	// must have its permissions at once.
+	c.tables.addPerm(images, perm)
 	rep, err := c.srv.Resume(images)
 	if err != nil {
 		closeImages(images, nil)

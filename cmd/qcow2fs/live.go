@@ -159,11 +159,11 @@ func isLockError(err error) bool {
 // liveHint is what a maintenance command refused on a mounted image says
 // about the live forms.
 func liveHint(mountpoint string, readOnly bool) string {
-	snap := "qcow2fs snapshot create|delete NAME IMAGE (live), or "
+	snap := "qcow2fs snapshot create|delete NAME IMAGE, qcow2fs snapshot create --external OVERLAY IMAGE and qcow2fs commit IMAGE work live; for anything else, "
 	if readOnly {
 		snap = "" // live snapshots are for read-write mounts
 	}
-	return fmt.Sprintf("; or, without unmounting: %sqcow2fs suspend %s, then qcow2fs resume %s",
+	return fmt.Sprintf("; or, without unmounting: %sqcow2fs suspend %s first, then qcow2fs resume %s",
 		snap, quoteArg(mountpoint), quoteArg(mountpoint))
 }
 

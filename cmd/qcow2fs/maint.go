@@ -320,6 +320,8 @@ func maintError(name string, err error, readOnly bool) error {
 		live := ""
 		if u.Via == "" && !u.Overlay {
 			live = liveHint(u.Mountpoint, u.ReadOnly)
+		} else if u.Via != "" {
+			live = fmt.Sprintf("; or merge %s into it without unmounting: qcow2fs commit %s (live)", u.Via, quoteArg(u.Via))
 		}
 		return fmt.Errorf("%s; unmount it first (qcow2fs unmount %s)%s%s", what, u.Mountpoint, live, hint)
 	}

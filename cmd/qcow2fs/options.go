@@ -29,6 +29,9 @@ type mountConfig struct {
 	// Overlay is the qcow2 file that takes the writes of a mount of one
 	// (evidence) image, which it has as its backing file.
 	Overlay string `json:"overlay"`
+	// Mounted are the images as mounted, set in the daemon while a live
+	// external snapshot or commit has Images serve other layers (extsnap.go).
+	Mounted []string `json:"mounted,omitempty"`
 }
 
 // ignoredOptions are the generic mount options mount(8), mount.fuse3 and

@@ -21,11 +21,16 @@ import (
 )
 
 type runState struct {
-	PID        int      `json:"pid"`
-	StartTime  uint64   `json:"start_time"` // /proc/PID/stat field 22: tells a reused pid apart
-	Mountpoint string   `json:"mountpoint"`
-	Source     string   `json:"source"`
-	Images     []string `json:"images"`
+	PID        int    `json:"pid"`
+	StartTime  uint64 `json:"start_time"` // /proc/PID/stat field 22: tells a reused pid apart
+	Mountpoint string `json:"mountpoint"`
+	Source     string `json:"source"`
+	// Images are the files the daemon serves (the active layers): after
+	// a live external snapshot, the overlay in the place of the image.
+	Images []string `json:"images"`
+	// Mounted are the images as mounted, when a live external snapshot or
+	// commit switched any of them to another layer (same order as Images).
+	Mounted    []string `json:"mounted,omitempty"`
 	ReadOnly   bool     `json:"read_only"`
 	Overlay    string   `json:"overlay,omitempty"`
 	Partitions bool     `json:"partitions,omitempty"`
@@ -83,7 +88,7 @@ func writeRunState(cfg *mountConfig, suspended bool) {
 	if path == "" {
 		return
 	}
-	st := runState{PID: os.Getpid(), Mountpoint: cfg.Mountpoint, Source: cfg.FsName, Images: cfg.Images, ReadOnly: cfg.ReadOnly,
+	st := runState{PID: os.Getpid(), Mountpoint: cfg.Mountpoint, Source: cfg.FsName, Images: cfg.Images, Mounted: cfg.Mounted, ReadOnly: cfg.ReadOnly,
 		Overlay: cfg.Overlay, Partitions: cfg.Partitions, LogFile: cfg.LogFile, Suspended: suspended}
 	st.StartTime, _ = procStartTime(st.PID)
 	b, _ := json.MarshalIndent(st, "", "  ")

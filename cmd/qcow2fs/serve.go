@@ -54,12 +54,16 @@ func serve(cfg *mountConfig, rep reporter) int {
 	// The info files name the partition files, which carry the stem the
 	// image appears under.
 	// (By path: resume reopens the images.)
-	stems := map[string]string{}
+	// (In tables, which a live external snapshot or commit adds the new
+	// layer's path to: extsnap.go.)
+	tables := newLiveTables()
+	tables.addPerm(images, perm)
 	for i, img := range images {
-		stems[img.Path()] = fusefs.Stem(img.Path())
+		stem := fusefs.Stem(img.Path())
 		if names != nil && names[i] != "" {
-			stems[img.Path()] = names[i]
+			stem = names[i]
 		}
+		tables.setStem(img.Path(), stem)
 	}
 	srv, err := fusefs.Mount(cfg.Mountpoint, images, fusefs.Options{
 		ReadOnly:           cfg.ReadOnly,
@@ -69,9 +73,9 @@ func serve(cfg *mountConfig, rep reporter) int {
 		DirectIO:           cfg.DirectIO,
 		NoSnapshots:        cfg.NoSnapshots,
 		Partitions:         cfg.Partitions,
-		Perm:               perm,
+		Perm:               tables.perm,
 		Names:              names,
-		InfoText:           func(img *qcow2.Image) []byte { return infoText(img, stems[img.Path()]) },
+		InfoText:           func(img *qcow2.Image) []byte { return infoText(img, tables.stem(img.Path())) },
 		Warn:               rep.warn,
 		FsName:             cfg.FsName,
 		Debug:              cfg.Debug,
@@ -84,7 +88,7 @@ func serve(cfg *mountConfig, rep reporter) int {
 		return exitError
 	}
 	writeRunState(cfg, false)
-	ctl := startControl(cfg, srv, log)
+	ctl := startControl(cfg, srv, tables, log)
 	mode := "read-write"
 	switch {
 	case cfg.ReadOnly:
@@ -105,6 +109,11 @@ func serve(cfg *mountConfig, rep reporter) int {
 	}
 	removeRunState(cfg.Mountpoint)
 	log.Infof("unmounted %s; images flushed and closed", cfg.Mountpoint)
+	for i := range cfg.Mounted {
+		if cfg.Mounted[i] != cfg.Images[i] {
+			log.Warnf("%s served %s in place of %s (live external snapshot or commit): mount that file to see the disk again", cfg.Mountpoint, cfg.Images[i], cfg.Mounted[i])
+		}
+	}
 	return code
 }
 

@@ -17,6 +17,7 @@ import (
 
 const snapshotUsage = `Usage: qcow2fs snapshot list [--output human|json] [-U] IMAGE
        qcow2fs snapshot create NAME IMAGE
+       qcow2fs snapshot create --external OVERLAY IMAGE
        qcow2fs snapshot delete NAME|ID [-p] IMAGE
        qcow2fs snapshot apply NAME|ID [-p] IMAGE
   (qemu-img's forms work too: -l IMAGE, -c NAME IMAGE, -d NAME IMAGE, -a NAME IMAGE)
@@ -37,6 +38,21 @@ wait for the requests in flight (default 10s). What a file system on the
 disk shows in the snapshot is consistent only if it was frozen meanwhile
 (fsfreeze -f before, fsfreeze -u after). apply needs the image unmounted
 (or the mount suspended).
+
+create --external OVERLAY IMAGE takes an external snapshot instead: it
+creates OVERLAY, a new qcow2 file (never an existing one) whose backing
+file is IMAGE (backing format qcow2; IMAGE's virtual size, cluster size
+and L2 entry format; IMAGE's owner and mode), and from then on the writes
+go to OVERLAY while IMAGE keeps its content. On a mounted image this is
+live: between requests, the daemon switches the mount's file (same name,
+e.g. vm.raw) to OVERLAY and holds IMAGE read-only as its backing file (a
+shared read lock: sha256sum, qemu-img -U, a backup may read it, no one may
+write it). The snapshot files of IMAGE leave the mount meanwhile (they
+are IMAGE's, not OVERLAY's). qcow2fs status shows the layer a mount
+serves. Merge OVERLAY back with qcow2fs commit OVERLAY (live too).
+Unmounting keeps the disk in OVERLAY: mount OVERLAY afterwards (not IMAGE,
+which shows the old disk; an fstab line naming IMAGE must change), or
+commit before unmounting.
 `
 
 // snapshotJSON is one snapshot in list --output json, with the field names
@@ -63,7 +79,8 @@ func cmdSnapshot(args []string) error {
 	forceShare := fs.BoolP("force-share", "U", false, "list the snapshots of an image another process has open for writing")
 	format := fs.StringP("format", "f", "qcow2", "image `FORMAT` (only qcow2)")
 	prog := fs.BoolP("progress", "p", false, "show a progress bar (delete, apply) when stderr is a terminal")
-	fs.BoolP("quiet", "q", false, "print nothing on success (accepted for qemu-img compatibility)")
+	quiet := fs.BoolP("quiet", "q", false, "print nothing on success")
+	external := fs.Bool("external", false, "create: take an external snapshot, NAME is the new overlay file")
 	timeout := fs.Duration("timeout", defaultSuspendTimeout, "create, delete of a mounted image: give up when its requests in flight have not drained after `DURATION`")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -115,11 +132,17 @@ func cmdSnapshot(args []string) error {
 	if action != "list" && *forceShare {
 		return usagef("snapshot %s: -U/--force-share is only for list", action)
 	}
+	if *external && action != "create" {
+		return usagef("snapshot %s: --external is only for create", action)
+	}
 	path := rest[0]
 	switch action {
 	case "list":
 		return snapshotList(path, *output == "json", *forceShare)
 	case "create":
+		if *external {
+			return snapshotExternal(name, path, *timeout, *quiet)
+		}
 		err := qcow2.SnapshotCreate(path, name)
 		if isLockError(err) {
 			// Mounted: the mount's daemon takes it between requests.

@@ -16,7 +16,8 @@ const statusUsage = `Usage: qcow2fs status [--output human|json]
 
 Lists the qcow2fs mounts this process can see (/proc/self/mountinfo): the
 mount point, the mode (ro, rw, or rw with an overlay), the daemon's pid, its
-state, the source and the images. The state is "serving" when the daemon
+state, the source and the images (the layer each serves: after a live
+external snapshot, the overlay, with the image it was taken of). The state is "serving" when the daemon
 answers, "suspended" after qcow2fs suspend (its requests wait until qcow2fs
 resume), "stale" when it died (the next mount of that mount point or image
 cleans it up), and "not responding" when it is stopped or does not answer
@@ -37,6 +38,9 @@ type mountStatus struct {
 	State      string   `json:"state"`         // serving, suspended, stale, not-responding, unknown
 	Why        string   `json:"why,omitempty"` // for not-responding: stopped, or no answer in time
 	Images     []string `json:"images,omitempty"`
+	// Mounted: the images as mounted, when a live external snapshot or
+	// commit switched any to another layer; Images are the layers served.
+	Mounted    []string `json:"mounted,omitempty"`
 	Partitions bool     `json:"partitions,omitempty"`
 	Options    string   `json:"options"` // the mount's options (ro,nosuid,nodev,...)
 }
@@ -86,6 +90,9 @@ func statusOf(h mountHealth) mountStatus {
 		}
 		st.PID = rs.PID
 		st.Images, st.Overlay, st.Partitions = rs.Images, rs.Overlay, rs.Partitions
+		if len(rs.Mounted) == len(rs.Images) {
+			st.Mounted = rs.Mounted
+		}
 	}
 	return st
 }
@@ -116,7 +123,12 @@ func printStatus(w io.Writer, list []mountStatus) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", displayName(st.Mountpoint), displayName(mode), pid, state, displayName(st.Source))
 		// A directory source: name the images it brought.
 		if len(st.Images) > 1 || len(st.Images) == 1 && st.Images[0] != st.Source {
-			for _, img := range st.Images {
+			for i, img := range st.Images {
+				if st.Mounted != nil && st.Mounted[i] != img {
+					// A live external snapshot (or commit) switched it.
+					fmt.Fprintf(tw, "\t\t\t\t  image %s (active layer, in place of %s)\n", displayName(img), displayName(st.Mounted[i]))
+					continue
+				}
 				fmt.Fprintf(tw, "\t\t\t\t  image %s\n", displayName(img))
 			}
 		}

@@ -79,6 +79,7 @@ func cmdUnmount(args []string) error {
 		return fmt.Errorf("%s is still mounted after %v", mp, mountGoneTimeout)
 	}
 	if daemon != nil {
+		noteSwitchedLayers(daemon)
 		stopped := false
 		err := waitFor(daemonExitTimeout, func() bool {
 			stopped = daemon.stopped()
