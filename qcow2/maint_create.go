@@ -89,7 +89,22 @@ func Create(path string, o CreateOptions) error {
 	if err != nil {
 		return err
 	}
-	return m.close(m.finishCreate(&o))
+	if err := m.close(m.finishCreate(&o)); err != nil {
+		return err
+	}
+	// The new names durable too: a live external snapshot sends fsynced
+	// writes into the new image at once, and a crash must not lose the
+	// file they live in.
+	dirs := []string{filepath.Dir(abs)}
+	if o.DataFile != "" {
+		dirs = append(dirs, filepath.Dir(resolveRelative(abs, o.DataFile)))
+	}
+	for _, d := range dirs {
+		if err := syncDir(d); err != nil {
+			return fmt.Errorf("%s: %w", abs, err)
+		}
+	}
+	return nil
 }
 
 func (o *CreateOptions) normalize(path string) error {
