@@ -1,11 +1,3 @@
-package fusefs
-
-import (
-	"os"
-
-	"github.com/hanwen/go-fuse/v2/fuse"
-)
-
 // The kernel knows two access policies for a FUSE mount: only the mounting
 // user (the default), or everyone (allow_other). libfuse's allow_root, "the
 // mounting user and root", is not a kernel policy: libfuse mounts with
@@ -17,6 +9,14 @@ import (
 // release, ...) pass: the opener was checked at open, and a descriptor
 // handed on (to a loop device, or through a Unix socket) keeps working, as
 // with any file system.
+
+package fusefs
+
+import (
+	"os"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
 
 // mountOwner is the user allow_root lets in besides root: the one who
 // mounts (a variable so tests can pretend to be someone else).

@@ -1,18 +1,3 @@
-package fusefs
-
-import (
-	"fmt"
-	"runtime/debug"
-	"sync"
-	"sync/atomic"
-	"syscall"
-
-	"github.com/hanwen/go-fuse/v2/fuse"
-	"github.com/sirupsen/logrus"
-
-	"github.com/qcow2fs/qcow2fs/qcow2"
-)
-
 // A panic while serving a request is a bug, most likely tripped by a
 // hostile or damaged image. It must cost that request (EIO) and that image,
 // never the mount: the other images keep serving, and the mount unmounts.
@@ -28,6 +13,21 @@ import (
 // it, and at unmount it is neither flushed nor closed — like a crash, which
 // the metadata order is made to survive; the daemon's exit releases its
 // file and locks.
+
+package fusefs
+
+import (
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+
+	"github.com/qcow2fs/qcow2fs/qcow2"
+)
 
 // imageHealth is shared by every file of one image file.
 type imageHealth struct {

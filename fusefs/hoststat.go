@@ -1,3 +1,10 @@
+// Once mounted, the daemon never looks anything up by path: the mount may
+// cover the images' own directory (cd /images && qcow2fs mount vm.qcow2 .),
+// and a stat(2) of a path under it would come back to this daemon as a
+// request it can only answer by asking itself — a deadlock. Attributes
+// therefore come from descriptors opened before the mount: the images' own
+// and one on the directory that holds them.
+
 package fusefs
 
 import (
@@ -6,13 +13,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// Once mounted, the daemon never looks anything up by path: the mount may
-// cover the images' own directory (cd /images && qcow2fs mount vm.qcow2 .),
-// and a stat(2) of a path under it would come back to this daemon as a
-// request it can only answer by asking itself — a deadlock. Attributes
-// therefore come from descriptors opened before the mount: the images' own
-// and one on the directory that holds them.
 
 // hostDir is the directory holding the (first) image, opened before the
 // mount: the root directory's owner and times and the figures df shows

@@ -1,13 +1,13 @@
-package fusefs
-
-import "fmt"
-
 // Switching the layer an image file serves (a live external snapshot, or
 // the pivot back to the base image after a live commit): the mount is
 // suspended, the caller creates or merges the layers while nothing is in
 // flight, and resumes with another file in the image's place. The file's
 // node keeps its name, inode and open descriptors; only the qcow2 image
 // behind it changes, behind the closed gate.
+
+package fusefs
+
+import "fmt"
 
 // SwitchImage lets the next Resume serve another file as image i (by
 // default Resume refuses a file other than the one suspended: an image

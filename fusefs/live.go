@@ -1,3 +1,14 @@
+// Live operations, dm suspend/resume style. Suspend closes the gate every
+// image request passes (gate.go): new requests wait in the daemon, those in
+// flight drain, then the images are flushed and closed, which releases
+// their QEMU-compatible locks, so qemu-img and the maintenance commands may
+// use them. Resume takes the images opened anew, checks they still fit the
+// files the kernel knows (same virtual sizes), swaps them in behind the
+// closed gate, brings the snapshot files up to date (new snapshots appear,
+// deleted ones disappear) and opens the gate. Nothing else changes: the
+// mount, the inodes, open descriptors and loop devices above stay as they
+// are; they only see their I/O stall for a while.
+
 package fusefs
 
 import (
@@ -12,17 +23,6 @@ import (
 	"github.com/qcow2fs/qcow2fs/internal/imgtext"
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
-
-// Live operations, dm suspend/resume style. Suspend closes the gate every
-// image request passes (gate.go): new requests wait in the daemon, those in
-// flight drain, then the images are flushed and closed, which releases
-// their QEMU-compatible locks, so qemu-img and the maintenance commands may
-// use them. Resume takes the images opened anew, checks they still fit the
-// files the kernel knows (same virtual sizes), swaps them in behind the
-// closed gate, brings the snapshot files up to date (new snapshots appear,
-// deleted ones disappear) and opens the gate. Nothing else changes: the
-// mount, the inodes, open descriptors and loop devices above stay as they
-// are; they only see their I/O stall for a while.
 
 // snapFile is the file of one internal snapshot.
 type snapFile struct {

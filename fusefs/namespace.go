@@ -1,3 +1,11 @@
+// The directory's entries are fixed for the life of the mount: one file
+// per image, snapshot, partition and info text. Every operation that would
+// add, remove or rename an entry is refused — EPERM, or EROFS on a
+// read-only mount. Left unimplemented, go-fuse answers some of them with
+// success: rm of vm.raw "worked" and the file vanished from the listing
+// until the next mount (and losetup -l showed the loop device's file as
+// "(deleted)"), though nothing was deleted.
+
 package fusefs
 
 import (
@@ -7,14 +15,6 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
-
-// The directory's entries are fixed for the life of the mount: one file
-// per image, snapshot, partition and info text. Every operation that would
-// add, remove or rename an entry is refused — EPERM, or EROFS on a
-// read-only mount. Left unimplemented, go-fuse answers some of them with
-// success: rm of vm.raw "worked" and the file vanished from the listing
-// until the next mount (and losetup -l showed the loop device's file as
-// "(deleted)"), though nothing was deleted.
 
 var (
 	_ fs.NodeUnlinker  = (*rootDir)(nil)

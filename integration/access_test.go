@@ -1,3 +1,7 @@
+// The threat model (docs/SECURITY.md): a user must never read or write,
+// through a qcow2fs mount, anything they could not read or write directly.
+// These tests run the forbidden access as a throwaway non-root user.
+
 package integration
 
 import (
@@ -13,10 +17,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// The threat model (docs/SECURITY.md): a user must never read or write,
-// through a qcow2fs mount, anything they could not read or write directly.
-// These tests run the forbidden access as a throwaway non-root user.
 
 // readAs reads the first 4 KiB of file as u; writeAs overwrites them.
 func readAs(u testUser, file string) result {

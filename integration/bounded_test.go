@@ -1,3 +1,12 @@
+// Tests of hangs (a daemon that deadlocks, is stopped or never answers)
+// touch a suspect mount only from child processes, never from the test
+// process itself: a FUSE request the daemon has read but never answers
+// leaves its caller in uninterruptible sleep, which not even SIGKILL ends.
+// bounded gives such a command a deadline; when it passes, the FUSE
+// connections of the suspect mounts are aborted (fusectl), which fails every
+// pending request, so the child dies and the test reports a hang instead of
+// hanging.
+
 package integration
 
 import (
@@ -15,15 +24,6 @@ import (
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
 	"golang.org/x/sys/unix"
 )
-
-// Tests of hangs (a daemon that deadlocks, is stopped or never answers)
-// touch a suspect mount only from child processes, never from the test
-// process itself: a FUSE request the daemon has read but never answers
-// leaves its caller in uninterruptible sleep, which not even SIGKILL ends.
-// bounded gives such a command a deadline; when it passes, the FUSE
-// connections of the suspect mounts are aborted (fusectl), which fails every
-// pending request, so the child dies and the test reports a hang instead of
-// hanging.
 
 // bounded runs name with args (in dir when not "") and waits at most d.
 // On timeout it aborts the FUSE connections of mounts, kills the command

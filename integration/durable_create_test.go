@@ -1,8 +1,8 @@
-package integration
-
 // qcow2fs create makes the new file's name durable (an fsync of its
 // directory): a live external snapshot sends fsynced writes into the new
 // overlay at once, and a crash must not lose the file they live in.
+
+package integration
 
 import (
 	"os"

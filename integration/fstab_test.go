@@ -1,3 +1,13 @@
+// The fstab tests drive mount(8) for real, with a temporary fstab
+// (mount --fstab FILE). mount(8) finds its helper in /sbin: for type
+// fuse.qcow2fs it runs /sbin/mount.fuse.qcow2fs if present, else fuse3's
+// /sbin/mount.fuse, which runs "qcow2fs SOURCE MOUNTPOINT -o OPTIONS"
+// through /bin/sh; for type qcow2fs it runs /sbin/mount.qcow2fs. mount(8)
+// drops PATH from the environment, so the shell finds qcow2fs only in the
+// default PATH (/usr/local/sbin first). The tests install those names as
+// symlinks to the binary under test and remove them afterwards; a name
+// already taken (a real installation) is never touched.
+
 package integration
 
 import (
@@ -13,16 +23,6 @@ import (
 
 	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
-
-// The fstab tests drive mount(8) for real, with a temporary fstab
-// (mount --fstab FILE). mount(8) finds its helper in /sbin: for type
-// fuse.qcow2fs it runs /sbin/mount.fuse.qcow2fs if present, else fuse3's
-// /sbin/mount.fuse, which runs "qcow2fs SOURCE MOUNTPOINT -o OPTIONS"
-// through /bin/sh; for type qcow2fs it runs /sbin/mount.qcow2fs. mount(8)
-// drops PATH from the environment, so the shell finds qcow2fs only in the
-// default PATH (/usr/local/sbin first). The tests install those names as
-// symlinks to the binary under test and remove them afterwards; a name
-// already taken (a real installation) is never touched.
 
 // ignoredOpts are generic options an fstab line may carry: accepted and
 // ignored by qcow2fs (or consumed by mount(8) and mount.fuse3 on the way).

@@ -1,3 +1,7 @@
+// Live external snapshots and the live (active-layer) commit (issue 14),
+// under the load of live_test.go: ext4 on a direct-I/O loop device over the
+// mount, fio writing and verifying throughout.
+
 package integration
 
 import (
@@ -13,10 +17,6 @@ import (
 	"testing"
 	"time"
 )
-
-// Live external snapshots and the live (active-layer) commit (issue 14),
-// under the load of live_test.go: ext4 on a direct-I/O loop device over the
-// mount, fio writing and verifying throughout.
 
 // fileSHA256 hashes a file by reading it (as a backup would).
 func fileSHA256(t *testing.T, path string) string {

@@ -1,3 +1,7 @@
+// Live operations (issue 14): suspend/resume and live internal snapshots
+// of a mount that stays mounted, with a loop device and ext4 on top and fio
+// writing throughout.
+
 package integration
 
 import (
@@ -14,10 +18,6 @@ import (
 
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
-
-// Live operations (issue 14): suspend/resume and live internal snapshots
-// of a mount that stays mounted, with a loop device and ext4 on top and fio
-// writing throughout.
 
 // liveStack is qcow2fs → loop device (direct I/O) → ext4, on a fresh image.
 type liveStack struct {

@@ -1,3 +1,7 @@
+// Image locking between qcow2fs and QEMU, both ways, and between two
+// qcow2fs processes: maintenance never runs on a mounted image, and a
+// refusal names the mount point (or the process) holding the image.
+
 package integration
 
 import (
@@ -6,10 +10,6 @@ import (
 	"testing"
 	"time"
 )
-
-// Image locking between qcow2fs and QEMU, both ways, and between two
-// qcow2fs processes: maintenance never runs on a mounted image, and a
-// refusal names the mount point (or the process) holding the image.
 
 // maintModifying lists every modifying command on img (base is its
 // backing file, other an unrelated image for rebase) that a mount refuses.

@@ -1,3 +1,7 @@
+// Offline maintenance commands (create, check, snapshot, resize, map,
+// commit, rebase) against QEMU as the oracle: what qcow2fs makes, QEMU
+// reads right, and what qcow2fs reports, QEMU reports the same.
+
 package integration
 
 import (
@@ -11,10 +15,6 @@ import (
 	"strings"
 	"testing"
 )
-
-// Offline maintenance commands (create, check, snapshot, resize, map,
-// commit, rebase) against QEMU as the oracle: what qcow2fs makes, QEMU
-// reads right, and what qcow2fs reports, QEMU reports the same.
 
 // maintRun runs qcow2fs with args from dir (may be "").
 func maintRun(dir string, args ...string) result {

@@ -1,3 +1,6 @@
+// QEMU's tools are the oracle: images are made with qemu-img/qemu-io and what
+// qcow2fs shows is compared with what qemu-img reads.
+
 package integration
 
 import (
@@ -12,9 +15,6 @@ import (
 	"strings"
 	"testing"
 )
-
-// QEMU's tools are the oracle: images are made with qemu-img/qemu-io and what
-// qcow2fs shows is compared with what qemu-img reads.
 
 // qemuCreate makes a qcow2 image. opts is qemu-img's -o string (may be "");
 // backing, when not "", is passed as -b with format backingFmt.

@@ -1,3 +1,8 @@
+// A workload is a seeded list of guest operations applied to two files at
+// once: the raw file qcow2fs exposes and a plain raw reference file. After
+// the run the two must be equal, as seen through the mount and as seen by
+// qemu-img.
+
 package integration
 
 import (
@@ -12,11 +17,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// A workload is a seeded list of guest operations applied to two files at
-// once: the raw file qcow2fs exposes and a plain raw reference file. After
-// the run the two must be equal, as seen through the mount and as seen by
-// qemu-img.
 
 type opKind int
 

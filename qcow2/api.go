@@ -1,9 +1,9 @@
+// This file holds the public surface of the package: the types the FUSE layer
+// and the CLI use. The implementation lives in the other files.
+
 package qcow2
 
 import "os"
-
-// This file holds the public surface of the package: the types the FUSE layer
-// and the CLI use. The implementation lives in the other files.
 
 // OpenOptions controls how an image (and its backing chain) is opened.
 type OpenOptions struct {

@@ -1,3 +1,6 @@
+// Hot-path benchmarks of the mapper (no FUSE). CI runs them briefly as a
+// smoke test; `make bench` compares whole-stack figures with QEMU.
+
 package qcow2
 
 import (
@@ -7,9 +10,6 @@ import (
 	"path/filepath"
 	"testing"
 )
-
-// Hot-path benchmarks of the mapper (no FUSE). CI runs them briefly as a
-// smoke test; `make bench` compares whole-stack figures with QEMU.
 
 func benchImage(b *testing.B, opts string, size int64, fill bool) *Image {
 	b.Helper()

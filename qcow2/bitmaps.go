@@ -1,3 +1,12 @@
+// Persistent dirty bitmaps: the bitmaps header extension, the bitmap
+// directory and the bitmap tables. This is the one decoder for everything
+// that reads them (info, check, the refcount walker). It accepts exactly
+// what QEMU accepts when it opens an image (qcow2_read_extensions,
+// bitmap_list_load, check_dir_entry, load_bitmap), so an image QEMU
+// refuses is refused here too, with QEMU's wording. Every size and offset
+// is untrusted: bounds are checked without overflow, and no buffer is
+// larger than what the file holds.
+
 package qcow2
 
 import (
@@ -8,15 +17,6 @@ import (
 	"strings"
 	"syscall"
 )
-
-// Persistent dirty bitmaps: the bitmaps header extension, the bitmap
-// directory and the bitmap tables. This is the one decoder for everything
-// that reads them (info, check, the refcount walker). It accepts exactly
-// what QEMU accepts when it opens an image (qcow2_read_extensions,
-// bitmap_list_load, check_dir_entry, load_bitmap), so an image QEMU
-// refuses is refused here too, with QEMU's wording. Every size and offset
-// is untrusted: bounds are checked without overflow, and no buffer is
-// larger than what the file holds.
 
 // Limits of QEMU's bitmap support (block/qcow2.h, block/qcow2-bitmap.c).
 const (

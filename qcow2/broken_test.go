@@ -1,8 +1,8 @@
-package qcow2
-
 // Hand-made broken images: each must be refused (or, for damage found only
 // while reading, fail the read) with an error that names the file and says
 // what is wrong — never a panic, never silently wrong data.
+
+package qcow2
 
 import (
 	"encoding/binary"

@@ -1,3 +1,8 @@
+// Hostile metadata that once crashed check or made it allocate without
+// bound, and bitmap metadata QEMU refuses. Every image is built by QEMU and
+// patched here; qemu-img check is the oracle for the verdict (exit code) and
+// for a key phrase that both tools must print.
+
 package qcow2
 
 import (
@@ -11,11 +16,6 @@ import (
 	"strings"
 	"testing"
 )
-
-// Hostile metadata that once crashed check or made it allocate without
-// bound, and bitmap metadata QEMU refuses. Every image is built by QEMU and
-// patched here; qemu-img check is the oracle for the verdict (exit code) and
-// for a key phrase that both tools must print.
 
 // checkAllocLimit is what one Check of a small image may allocate in
 // total (the same bound as the fuzz targets).

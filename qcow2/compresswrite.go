@@ -1,3 +1,6 @@
+// Writing compressed clusters (QEMU's qcow2_co_pwritev_compressed), for
+// fresh targets such as a compressed backup.
+
 package qcow2
 
 import (
@@ -9,9 +12,6 @@ import (
 	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zstd"
 )
-
-// Writing compressed clusters (QEMU's qcow2_co_pwritev_compressed), for
-// fresh targets such as a compressed backup.
 
 // zlibWindow is the deflate window QEMU uses for compressed clusters
 // (deflateInit2 with windowBits -12; it inflates with -12 too).

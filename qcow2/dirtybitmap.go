@@ -1,13 +1,3 @@
-package qcow2
-
-import (
-	"encoding/binary"
-	"fmt"
-	"slices"
-
-	"github.com/qcow2fs/qcow2fs/internal/imgtext"
-)
-
 // Persistent dirty bitmaps kept up to date by writes, as QEMU keeps them
 // (block/qcow2-bitmap.c):
 //
@@ -28,6 +18,16 @@ import (
 //
 // Bitmaps found IN_USE when loaded are kept as they are (their table is
 // not read again, nor freed). Read-only opens never get here.
+
+package qcow2
+
+import (
+	"encoding/binary"
+	"fmt"
+	"slices"
+
+	"github.com/qcow2fs/qcow2fs/internal/imgtext"
+)
 
 // dirtyBitmap is one directory entry with, when loaded, its content.
 type dirtyBitmap struct {

@@ -1,5 +1,3 @@
-package qcow2
-
 // Fuzz targets for everything parsed from an untrusted image: the header
 // and its extensions, whole images (Open + read + Map), the snapshot table,
 // L2 entries / compressed cluster descriptors, and compressed data.
@@ -14,6 +12,8 @@ package qcow2
 //	go test -run=NONE -fuzz=FuzzOpen -fuzztime=20s -fuzzminimizetime=5s ./qcow2
 //
 // (minimizing every new input for the default 60 s would eat the budget).
+
+package qcow2
 
 import (
 	"bytes"

@@ -1,7 +1,7 @@
-package qcow2
-
 // Sizes near the limits: views whose size approaches 2^63, and virtual sizes
 // that are not a multiple of 512 (QEMU's oracle: qemu-img info, convert).
+
+package qcow2
 
 import (
 	"bytes"

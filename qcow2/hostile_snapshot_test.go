@@ -1,9 +1,9 @@
-package qcow2
-
 // Hostile snapshot tables and sizes (QEMU iotests 029, 080, 261): each
 // image starts from qemu-img create + qemu-img snapshot -c and has bytes
 // patched per docs/interop/qcow2.txt; QEMU's behaviour (qemu-img info,
 // check's exit code, convert, snapshot -a) is the oracle.
+
+package qcow2
 
 import (
 	"bytes"

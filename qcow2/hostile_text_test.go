@@ -1,7 +1,7 @@
-package qcow2
-
 // Text written in images (snapshot names and IDs, backing and data file
 // names) reaching errors and messages, and the backing chain depth limit.
+
+package qcow2
 
 import (
 	"encoding/binary"

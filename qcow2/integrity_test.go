@@ -1,3 +1,5 @@
+// Regression tests for three ways an acknowledged write used to be lost.
+
 package qcow2
 
 import (
@@ -14,8 +16,6 @@ import (
 	"testing"
 	"time"
 )
-
-// Regression tests for three ways an acknowledged write used to be lost.
 
 // TestMappingNeverBeforeData: a mapping change that touches no refcount —
 // a new subcluster inside an allocated extended-L2 cluster over a backing

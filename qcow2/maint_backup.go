@@ -1,14 +1,3 @@
-package qcow2
-
-import (
-	"errors"
-	"fmt"
-	"os"
-	"path/filepath"
-
-	"golang.org/x/sys/unix"
-)
-
 // Backup (qcow2fs backup): a full copy of an image's guest content into a
 // new qcow2 image, or an incremental one holding only what a persistent
 // dirty bitmap marks dirty, on top of the previous backup.
@@ -19,6 +8,17 @@ import (
 // copy and the clear. The bitmap is cleared only once the target is
 // closed and synced, its directory too: a failed backup loses no dirty
 // bits.
+
+package qcow2
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
 
 // BackupOptions are the settings of Backup.
 type BackupOptions struct {

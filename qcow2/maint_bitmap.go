@@ -1,3 +1,6 @@
+// Offline persistent-bitmap maintenance (qemu-img bitmap) and the dirty
+// map of a bitmap (qcow2fs map --bitmap, backup --bitmap).
+
 package qcow2
 
 import (
@@ -7,9 +10,6 @@ import (
 
 	"github.com/qcow2fs/qcow2fs/internal/imgtext"
 )
-
-// Offline persistent-bitmap maintenance (qemu-img bitmap) and the dirty
-// map of a bitmap (qcow2fs map --bitmap, backup --bitmap).
 
 // BitmapAction is one operation of BitmapUpdate.
 type BitmapAction struct {

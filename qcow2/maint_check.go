@@ -1,3 +1,10 @@
+// Consistency check and repair, modelled on `qemu-img check`: every
+// reference the metadata holds is counted per host cluster (header, L1 and
+// L2 tables of the active state and of every snapshot, data and compressed
+// clusters, snapshot table, refcount structure, bitmaps) and compared with
+// the stored refcounts; then the COPIED flags of the active tables are
+// checked against the refcounts.
+
 package qcow2
 
 import (
@@ -5,13 +12,6 @@ import (
 	"errors"
 	"fmt"
 )
-
-// Consistency check and repair, modelled on `qemu-img check`: every
-// reference the metadata holds is counted per host cluster (header, L1 and
-// L2 tables of the active state and of every snapshot, data and compressed
-// clusters, snapshot table, refcount structure, bitmaps) and compared with
-// the stored refcounts; then the COPIED flags of the active tables are
-// checked against the refcounts.
 
 // CheckOptions controls Check.
 type CheckOptions struct {

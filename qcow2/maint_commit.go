@@ -1,3 +1,6 @@
+// Commit (qemu-img commit) and rebase (qemu-img rebase), and the header
+// rewrite that changes an image's backing file.
+
 package qcow2
 
 import (
@@ -6,9 +9,6 @@ import (
 	"os"
 	"path/filepath"
 )
-
-// Commit (qemu-img commit) and rebase (qemu-img rebase), and the header
-// rewrite that changes an image's backing file.
 
 // copyChunk is the unit in which guest data is copied.
 const copyChunk = 1 << 20

@@ -1,19 +1,3 @@
-package qcow2
-
-import (
-	"bytes"
-	"errors"
-	"fmt"
-	"io"
-	"os"
-	"path/filepath"
-	"runtime"
-	"sort"
-	"sync"
-
-	"golang.org/x/sys/unix"
-)
-
 // Convert (qcow2fs convert): the subset of qemu-img convert that matters,
 // from a qcow2 image (its active state or an internal snapshot, with its
 // backing chain and external data file) or a raw file, to a new qcow2
@@ -29,6 +13,22 @@ import (
 // workers read each job (and the backing file's bytes, with -B), detect
 // zeros and compress (-c); one writer applies the jobs in order, so
 // compressed runs are packed in guest order, as qemu-img packs them.
+
+package qcow2
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
 
 // ConvertOptions are the settings of Convert.
 type ConvertOptions struct {

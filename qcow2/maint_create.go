@@ -1,3 +1,8 @@
+// Image creation (qemu-img create -f qcow2). As QEMU does, a minimal valid
+// image is written first (header, refcount table, one refcount block,
+// virtual size 0), then it is opened and grown to its size like a resize,
+// preallocated through the writer, and given its backing file.
+
 package qcow2
 
 import (
@@ -9,11 +14,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// Image creation (qemu-img create -f qcow2). As QEMU does, a minimal valid
-// image is written first (header, refcount table, one refcount block,
-// virtual size 0), then it is opened and grown to its size like a resize,
-// preallocated through the writer, and given its backing file.
 
 // CreateOptions are the settings of a new image (qemu-img create -o ...).
 type CreateOptions struct {

@@ -1,3 +1,6 @@
+// Helpers shared by the maintenance tests (create, check, snapshot, resize,
+// commit/rebase). QEMU is the oracle throughout.
+
 package qcow2
 
 import (
@@ -11,9 +14,6 @@ import (
 	"strings"
 	"testing"
 )
-
-// Helpers shared by the maintenance tests (create, check, snapshot, resize,
-// commit/rebase). QEMU is the oracle throughout.
 
 // mtRun runs a command in dir (the image's directory) and returns its
 // combined output, failing the test on a non-zero exit.

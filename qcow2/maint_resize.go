@@ -1,3 +1,7 @@
+// Offline resize (qemu-img resize), plus the two allocation helpers the
+// maintenance operations share: runs of contiguous clusters for tables, and
+// growing the active L1 table.
+
 package qcow2
 
 import (
@@ -5,10 +9,6 @@ import (
 	"fmt"
 	"strings"
 )
-
-// Offline resize (qemu-img resize), plus the two allocation helpers the
-// maintenance operations share: runs of contiguous clusters for tables, and
-// growing the active L1 table.
 
 // Resize changes the virtual size of the image at path. Growing needs no
 // flag; shrinking needs shrink=true and drops every cluster past the new end.

@@ -1,7 +1,7 @@
-package qcow2
-
 // Cluster arithmetic: tiny pure functions and one range splitter that turns a
 // guest byte range into per-cluster pieces.
+
+package qcow2
 
 const (
 	l1EntryOffsetMask  = 0x00fffffffffffe00 // bits 9-55: L2 table offset

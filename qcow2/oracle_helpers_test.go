@@ -1,8 +1,8 @@
-package qcow2
-
 // Helpers for the QEMU-oracle tests: run qemu-img / qemu-io with readable
 // failures, build patterned images, and compare what this package reads with
 // what QEMU reads, reporting the first differing byte offset.
+
+package qcow2
 
 import (
 	"bytes"

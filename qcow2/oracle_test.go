@@ -1,10 +1,10 @@
-package qcow2
-
 // QEMU is the oracle: every image below is made by qemu-img / qemu-io, and
 // what Image.ReadAt returns must equal `qemu-img convert -O raw` byte for
 // byte (each internal snapshot: `convert -l snapshot.name=...`). Map, the
 // seek helpers and Info are checked against `qemu-img map` / `qemu-img info`,
 // and no file of the chain may change through a read-only open.
+
+package qcow2
 
 import (
 	"errors"

@@ -1,10 +1,10 @@
-package qcow2
-
 // Metadata overlap checks, as QEMU's qcow2 does before writes: a data
 // cluster or L2 table whose host range overlaps the header, the active L1
 // table, the refcount table or the snapshot table means the metadata is
 // inconsistent. Writing through it would destroy the image, so the image is
 // marked corrupt instead. The checks are a handful of comparisons.
+
+package qcow2
 
 // overlapsMetadata names the fixed metadata structure [off, off+n) of the
 // image file overlaps, or "" if none.

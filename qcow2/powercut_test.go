@@ -1,3 +1,19 @@
+// Power-cut consistency. A recording wrapper logs every write, punch and
+// sync the mapper issues to the image file (and to an external data file)
+// during a random workload of one or more concurrent writers. From that log
+// we rebuild what the disks could hold if power failed right after any
+// event: everything before each file's last sync, plus any subset of the
+// later writes, each possibly torn at a 512-byte sector boundary. Every such
+// image must pass `qemu-img check` (leaks allowed, no corruption), and read
+// back — through QEMU (`qemu-img convert`) and through our own reader —
+// every byte as of the last completed Flush, or as a write started since
+// left it.
+//
+// Writers own disjoint stripes of the disk (stripe j belongs to writer
+// j mod writers), so every byte has one writer and a clear history, while
+// stripes narrower than a cluster (or subcluster) make writers collide
+// inside the same clusters, L2 slices and refcount blocks.
+
 package qcow2
 
 import (
@@ -16,22 +32,6 @@ import (
 	"sync/atomic"
 	"testing"
 )
-
-// Power-cut consistency. A recording wrapper logs every write, punch and
-// sync the mapper issues to the image file (and to an external data file)
-// during a random workload of one or more concurrent writers. From that log
-// we rebuild what the disks could hold if power failed right after any
-// event: everything before each file's last sync, plus any subset of the
-// later writes, each possibly torn at a 512-byte sector boundary. Every such
-// image must pass `qemu-img check` (leaks allowed, no corruption), and read
-// back — through QEMU (`qemu-img convert`) and through our own reader —
-// every byte as of the last completed Flush, or as a write started since
-// left it.
-//
-// Writers own disjoint stripes of the disk (stripe j belongs to writer
-// j mod writers), so every byte has one writer and a clear history, while
-// stripes narrower than a cluster (or subcluster) make writers collide
-// inside the same clusters, L2 slices and refcount blocks.
 
 // fileEvent is one entry of the log.
 type fileEvent struct {

@@ -1,13 +1,13 @@
+// Refcount blocks hold 2^refcount_order-bit entries. Widths below 8 bits
+// pack entries LSB-first inside each byte (as QEMU does); 8 to 64 bits are
+// big-endian integers.
+
 package qcow2
 
 import (
 	"encoding/binary"
 	"fmt"
 )
-
-// Refcount blocks hold 2^refcount_order-bit entries. Widths below 8 bits
-// pack entries LSB-first inside each byte (as QEMU does); 8 to 64 bits are
-// big-endian integers.
 
 func getRefcountEntry(block []byte, i int64, order uint32) uint64 {
 	switch order {

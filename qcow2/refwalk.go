@@ -1,11 +1,3 @@
-package qcow2
-
-import (
-	"encoding/binary"
-	"fmt"
-	"github.com/qcow2fs/qcow2fs/internal/imgtext"
-)
-
 // The reference walker: one walk over all metadata that counts, per host
 // cluster, the references the image holds (header, L1 and L2 tables of the
 // active state and of every snapshot, data and compressed clusters,
@@ -16,6 +8,14 @@ import (
 // Every offset comes from the image and is untrusted: a reference reaching
 // one cluster or more past the end of the file is reported and not
 // counted, so the counts never outgrow the file.
+
+package qcow2
+
+import (
+	"encoding/binary"
+	"fmt"
+	"github.com/qcow2fs/qcow2fs/internal/imgtext"
+)
 
 // refWalker holds the counts of one walk. Caller holds s.mu.
 type refWalker struct {

@@ -1,5 +1,3 @@
-package main
-
 // The access rule of docs/SECURITY.md for the files a mount opens: an
 // image may only make qcow2fs open what its owner could open the same way
 // (read, or read and write), and so for every image above it in the
@@ -8,6 +6,8 @@ package main
 // OpenOptions.CheckFile) before reading or locking it; the descriptor,
 // not the path, is what is checked, so a name swapped meanwhile changes
 // nothing.
+
+package main
 
 import (
 	"fmt"

@@ -1,5 +1,3 @@
-package main
-
 // The control channel: a unix socket next to the daemon's run-state file
 // (same name, .sock), through which the CLI asks a mount's daemon to
 // suspend, resume, or take or delete an internal snapshot between
@@ -11,6 +9,8 @@ package main
 // a line, the daemon answers with one JSON object on a line and closes.
 // Every step has a deadline on both sides: no command waits on a mount
 // without a bound.
+
+package main
 
 import (
 	"bufio"

@@ -1,5 +1,3 @@
-package main
-
 // Daemonizing. Go cannot fork, so the parent re-executes its own binary
 // (/proc/self/exe) with the resolved configuration in an environment
 // variable. The child runs in a new session, in /, with stdio on /dev/null,
@@ -12,6 +10,8 @@ package main
 // The parent thus exits only once the mount is usable, or with the
 // daemon's own error message, which is what mount(8), systemd and scripts
 // need.
+
+package main
 
 import (
 	"bufio"

@@ -1,5 +1,3 @@
-package main
-
 // Documentation from the command definitions: the top-level help, the man
 // pages (qcow2fs gen-man DIR) and the bash and zsh completions (qcow2fs
 // completion bash|zsh) all come from commandTable and from the very flag
@@ -7,6 +5,8 @@ package main
 // disagree. A command's flag set is obtained by running the command in a
 // capture mode in which parseFlags hands the set over and stops the
 // command before it does anything (every command parses its flags first).
+
+package main
 
 import (
 	"errors"

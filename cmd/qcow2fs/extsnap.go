@@ -1,5 +1,3 @@
-package main
-
 // Live external snapshots and live (active-layer) commit, through the
 // mount's control socket (control.go), between requests: the daemon
 // suspends the mount (the gate drains the requests in flight, the images
@@ -25,6 +23,8 @@ package main
 // the images it was mounted with (only while they differ); both go to the
 // run-state file, so status, unmount, the maintenance commands' messages
 // and resume see the active layer.
+
+package main
 
 import (
 	"errors"

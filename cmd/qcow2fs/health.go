@@ -1,3 +1,8 @@
+// How a qcow2fs mount's daemon is doing, learnt without ever waiting on it
+// for long: /proc/self/mountinfo says what is mounted, the run-state files
+// say which daemon serves it (and /proc whether it is alive or stopped),
+// and a bounded probe (probe.go) says whether it answers.
+
 package main
 
 import (
@@ -5,11 +10,6 @@ import (
 
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
-
-// How a qcow2fs mount's daemon is doing, learnt without ever waiting on it
-// for long: /proc/self/mountinfo says what is mounted, the run-state files
-// say which daemon serves it (and /proc whether it is alive or stopped),
-// and a bounded probe (probe.go) says whether it answers.
 
 // Mount states, as status prints them (JSON keeps the hyphen).
 const (

@@ -1,7 +1,7 @@
-package main
-
 // qcow2fs suspend and resume: the live operations of a mount, through its
 // daemon's control socket (control.go).
+
+package main
 
 import (
 	"errors"

@@ -1,9 +1,9 @@
-package main
-
 // Shared pieces of the offline maintenance commands (create, check,
 // snapshot, resize, map, commit, rebase, bitmap, backup): size and -o parsing, the progress
 // bar, and the explanation of a lock conflict that names the qcow2fs mount
 // (or the process) holding the image.
+
+package main
 
 import (
 	"encoding/json"

@@ -1,5 +1,3 @@
-package main
-
 // Mount locks. "Is anything mounted there? No? Then mount" is a race: four
 // qcow2fs processes started at once onto one mount point all see nothing
 // mounted and stack four mounts; four read-only mounts of one image all get
@@ -19,6 +17,8 @@ package main
 // half-way leaves nothing held. A lock file is removed by its holder, while
 // still holding it; a waiter that then gets the lock of the removed file
 // notices (the path no longer leads to its file) and starts over.
+
+package main
 
 import (
 	"crypto/sha256"

@@ -1,11 +1,11 @@
-package main
-
 // Overlay mounts (--overlay FILE): the mounted image is evidence that must
 // never change, yet tools need to write to it (replay a journal, fsck, boot
 // the disk). The writes go to a qcow2 overlay whose backing file is the
 // evidence. qcow2 opens backing files O_RDONLY and holds only a shared read
 // lock on them, so the evidence is read and never written, and no other
 // process can open it for writing while the mount lasts.
+
+package main
 
 import (
 	"errors"

@@ -1,5 +1,3 @@
-package main
-
 // Bounded probes of other mounts. No command may wait on a mount it does
 // not own without a bound: a stopped (SIGSTOP) or deadlocked FUSE daemon
 // never answers, and a process that asked it sleeps uninterruptibly once
@@ -9,6 +7,8 @@ package main
 // the mount and reports through its exit code; when it does not answer in
 // time it is killed and left behind, and the caller reports "not
 // responding".
+
+package main
 
 import (
 	"errors"

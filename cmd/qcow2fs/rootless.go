@@ -1,10 +1,10 @@
-package main
-
 // Mounts by users other than root. The kernel lets a user mount FUSE
 // through the set-uid fusermount3 (go-fuse runs it when mount(2) is not
 // allowed); what a user may do is decided there and by /dev/fuse's mode.
 // The checks here run before anything is opened, so that a refusal names
 // its cause instead of relaying "fusermount exited with code 256".
+
+package main
 
 import (
 	"bufio"

@@ -1,10 +1,10 @@
-package main
-
 // Run state: each daemon leaves a small JSON file naming its pid, so that
 // "qcow2fs unmount" can wait until the daemon has flushed and closed the
 // images (not only until the kernel dropped the mount), and so that mounts
 // can be listed. Best effort: without a writable run directory the daemon
 // works the same, and unmount only waits for the mount to go away.
+
+package main
 
 import (
 	"crypto/sha256"

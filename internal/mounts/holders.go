@@ -1,7 +1,7 @@
-package mounts
-
 // Which processes hold a file open, from /proc/PID/fd: by identity (the
 // CLI's lock messages) or by path (the tests' leak checks).
+
+package mounts
 
 import (
 	"fmt"
