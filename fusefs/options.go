@@ -72,11 +72,8 @@ type Options struct {
 // mounted, so names can be cached for long; attributes carry st_blocks,
 // which changes with writes, so they are cached only briefly.
 //
-// maxReadAhead: the kernel caps FUSE readahead at the backing device's
-// default (read_ahead_kb 128 on this 6.18 kernel, checked in
-// /sys/class/bdi/0:N), so asking for 1 MiB changes nothing measurable;
-// raising read_ahead_kb of the mount's bdi to 1024 by hand gave roughly
-// +20% on a sequential dd of a 512 MiB image (noisy, shared 2-core box).
+// maxReadAhead asks for 1 MiB, but the kernel caps FUSE readahead at the
+// bdi's read_ahead_kb (see docs/PERFORMANCE.md for what that costs).
 const (
 	maxWrite        = 1 << 20
 	maxReadAhead    = 1 << 20

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
@@ -228,6 +229,11 @@ func TestRootlessPartitionFuse2fs(t *testing.T) {
 		t.Errorf("hello.txt through fuse2fs on vm-p1.raw: %q, want %q", got, secret)
 	}
 	asUserOK(t, u, "fusermount3", "-u", root)
+	// fuse2fs exits (and lets go of vm-p1.raw) a moment after its unmount;
+	// until then the qcow2fs mount is rightly busy.
+	for deadline := time.Now().Add(10 * time.Second); len(mounts.OpenUnder(m)) > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if r := asUserEnv(u, "", bin, "unmount", m); r.Code != 0 {
 		t.Fatalf("unmount as %s: %s", u, r)
 	}

@@ -1,5 +1,6 @@
-// Hot-path benchmarks of the mapper (no FUSE). CI runs them briefly as a
-// smoke test; `make bench` compares whole-stack figures with QEMU.
+// Hot-path benchmarks of the mapper (no FUSE): go test -run '^$' -bench .
+// ./qcow2/. Neither make test nor CI runs them; `make bench` compares
+// whole-stack figures with QEMU.
 
 package qcow2
 

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/daemon"
+
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
 
 	"github.com/qcow2fs/qcow2fs/internal/testenv"
@@ -23,7 +25,7 @@ func TestMain(m *testing.M) {
 	if isProbeChild() {
 		os.Exit(runProbeChild())
 	}
-	if isDaemonChild() {
+	if daemon.IsChild() {
 		os.Exit(runDaemonChild())
 	}
 	os.Exit(m.Run())

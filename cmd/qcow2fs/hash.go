@@ -11,6 +11,8 @@ import (
 	"io"
 	"os"
 
+	"github.com/qcow2fs/qcow2fs/internal/daemon"
+
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
@@ -53,7 +55,7 @@ func cmdHash(args []string) error {
 				return err
 			}
 			// Like sha256sum: report, go on with the others, fail at the end.
-			fmt.Fprintf(os.Stderr, "qcow2fs: %s\n", oneLine(err.Error()))
+			fmt.Fprintf(os.Stderr, "qcow2fs: %s\n", daemon.OneLine(err.Error()))
 			failed = true
 			continue
 		}

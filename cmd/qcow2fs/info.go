@@ -13,6 +13,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/internal/daemon"
+
 	"github.com/qcow2fs/qcow2fs/internal/units"
 
 	"github.com/qcow2fs/qcow2fs/fusefs"
@@ -61,7 +63,7 @@ func cmdInfo(args []string) error {
 	}
 	defer img.Close()
 	for _, w := range warnings {
-		fmt.Fprintf(os.Stderr, "qcow2fs: warning: %s\n", oneLine(w))
+		fmt.Fprintf(os.Stderr, "qcow2fs: warning: %s\n", daemon.OneLine(w))
 	}
 	if *output == "json" {
 		enc := json.NewEncoder(os.Stdout)

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/qcow2fs/qcow2fs/internal/daemon"
+
 	"github.com/spf13/pflag"
 )
 
@@ -52,7 +54,7 @@ func main() {
 	if isProbeChild() {
 		os.Exit(runProbeChild())
 	}
-	if isDaemonChild() {
+	if daemon.IsChild() {
 		os.Exit(runDaemonChild())
 	}
 	os.Exit(run(os.Args))
@@ -64,7 +66,7 @@ func main() {
 func run(argv []string) (code int) {
 	defer func() {
 		if r := recover(); r != nil {
-			fmt.Fprintf(os.Stderr, "qcow2fs: internal error: %s (please report this bug)\n", oneLine(fmt.Sprint(r)))
+			fmt.Fprintf(os.Stderr, "qcow2fs: internal error: %s (please report this bug)\n", daemon.OneLine(fmt.Sprint(r)))
 			code = exitError
 		}
 	}()
@@ -79,7 +81,7 @@ func run(argv []string) (code int) {
 	if errors.As(err, &exit) {
 		return exit.code
 	}
-	fmt.Fprintf(os.Stderr, "qcow2fs: %s\n", oneLine(err.Error()))
+	fmt.Fprintf(os.Stderr, "qcow2fs: %s\n", daemon.OneLine(err.Error()))
 	var ue *usageError
 	if errors.As(err, &ue) {
 		return exitUsage
@@ -124,11 +126,6 @@ func dispatch(argv []string) error {
 		return usagef("unknown command %q (and no such file or directory); run qcow2fs --help", args[0])
 	}
 	return usagef("unknown option %q; run qcow2fs --help", args[0])
-}
-
-// oneLine keeps error messages on one line for scripts and syslog.
-func oneLine(s string) string {
-	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
 }
 
 // newFlagSet makes a flag set that reports errors instead of exiting and

@@ -8,6 +8,8 @@ import (
 	"runtime/debug"
 	"syscall"
 
+	"github.com/qcow2fs/qcow2fs/internal/daemon"
+
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
@@ -152,7 +154,7 @@ func waitUnmounted(srv *fusefs.Server, log *logrus.Logger) {
 			log.Infof("%v: unmounting %s", sig, srv.Mountpoint())
 			if err := srv.Unmount(); err != nil {
 				log.Warnf("cannot unmount %s: %v; a file in it is still in use (open, or attached to a loop device: see losetup -a); still serving",
-					srv.Mountpoint(), oneLine(err.Error()))
+					srv.Mountpoint(), daemon.OneLine(err.Error()))
 			}
 		}
 	}
