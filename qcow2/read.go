@@ -1,3 +1,6 @@
+// The read path: guest ranges mapped to runs through the L1 and L2 tables,
+// then served from the image, the data file, the backing chain or zeros.
+
 package qcow2
 
 import (
