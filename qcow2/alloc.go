@@ -2,6 +2,7 @@
 // L2 tables (with the L1 entry that points at one), the L2 entry update
 // (setL2), growth of the file to cover what is allocated, and frees deferred
 // until the mapping that dropped them is durable. Caller holds s.mu.
+
 package qcow2
 
 import (
