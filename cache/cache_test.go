@@ -1,3 +1,7 @@
+// Unit tests of the block cache against a logging store: LRU eviction, dirty
+// write-back and its hook's order, failures that keep data, drop and
+// invalidate.
+
 package cache
 
 import (

@@ -1,3 +1,6 @@
+// Tests of who may enter a mount with AllowRoot, AllowOther or neither,
+// running commands as another user through setpriv.
+
 package fusefs
 
 import (

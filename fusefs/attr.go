@@ -1,3 +1,6 @@
+// The attributes a file of the mount shows: the image file's owner, group
+// and mode from its descriptor (never a path lookup), narrowed by PermFunc.
+
 package fusefs
 
 import (

@@ -1,3 +1,6 @@
+// Tests that the mounted files carry the image file's owner, group and mode
+// (read-only ones without write bits) and that Options.Perm narrows them.
+
 package fusefs
 
 import (

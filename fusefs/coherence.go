@@ -1,3 +1,6 @@
+// Page cache coherence between the files of one image (the whole disk and
+// its partitions): a change through one invalidates the others' cached pages.
+
 package fusefs
 
 import (

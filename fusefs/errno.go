@@ -1,3 +1,6 @@
+// The mapping of qcow2 errors to the errno a FUSE caller sees, in one place;
+// image and host failures become a logged EIO.
+
 package fusefs
 
 import (

@@ -1,3 +1,7 @@
+// imageFile, the raw view of an image, a snapshot or a partition: read,
+// write, flush and fsync, attributes, lseek SEEK_DATA/SEEK_HOLE and
+// fallocate, each going straight to the image with no per-open state.
+
 package fusefs
 
 import (

@@ -1,3 +1,7 @@
+// The gate every image request passes through, so that a mount can be
+// suspended: new requests wait while it is closed, and closing waits (up to
+// a deadline) for those inside.
+
 package fusefs
 
 import (

@@ -1,3 +1,6 @@
+// Tests of the gate: a closed gate holds new requests, closing waits for
+// those inside and gives up after its timeout.
+
 package fusefs
 
 import (

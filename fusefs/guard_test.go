@@ -1,3 +1,6 @@
+// Tests that a panic in a handler answers EIO, is logged, and puts only that
+// image's files out of service.
+
 package fusefs
 
 import (

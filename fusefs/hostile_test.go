@@ -1,3 +1,7 @@
+// Tests of a mount of an image with hostile snapshot entries: good snapshots
+// served (a long name shortened), bad ones hidden with bounded, escaped
+// warnings.
+
 package fusefs
 
 import (

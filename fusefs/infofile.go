@@ -1,3 +1,6 @@
+// infoFile, the read-only NAME.info beside NAME.raw: what `qcow2fs info`
+// prints, made anew on each open.
+
 package fusefs
 
 import (

@@ -1,3 +1,6 @@
+// Tests of Server.SwitchImage: a resume serves a new layer (an overlay over
+// the image) through the same file node only when allowed.
+
 package fusefs
 
 import (

@@ -1,3 +1,6 @@
+// Tests of suspend and resume under concurrent writes (meant for -race):
+// writes read back, snapshot files follow changes, a resized image is refused.
+
 package fusefs
 
 import (

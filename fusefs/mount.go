@@ -1,3 +1,7 @@
+// Server and Mount: building the tree of files from the images and their
+// snapshots and partitions, the go-fuse mount options, serving, unmounting
+// and waiting.
+
 package fusefs
 
 import (

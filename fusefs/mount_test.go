@@ -1,3 +1,7 @@
+// Tests of mounted images, with QEMU's reads as the reference: read-only
+// and read-write mounts, SEEK_DATA/SEEK_HOLE, write read-back, name
+// clashes, direct I/O and the tree options.
+
 package fusefs
 
 import (

@@ -1,3 +1,6 @@
+// The names files appear under: NAME.raw for an image, STEM@SNAPSHOT.raw for
+// a snapshot (refused or shortened when no file name can hold it).
+
 package fusefs
 
 import (

@@ -1,3 +1,6 @@
+// Unit tests of file names: raw names, refused snapshot names, and
+// shortened long names.
+
 package fusefs
 
 import (

@@ -1,3 +1,6 @@
+// Partition files (vm-p1.raw): reading an image's partition table and naming
+// its data partitions.
+
 package fusefs
 
 import (

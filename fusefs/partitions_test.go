@@ -1,3 +1,6 @@
+// Tests of partition files on an image holding an MBR made by sfdisk
+// (read-write and read-only), and of Options.Names renaming files.
+
 package fusefs
 
 import (

@@ -1,3 +1,6 @@
+// rootDir, the mount's one directory: fixed entries with stable inode
+// numbers, statfs and its attributes.
+
 package fusefs
 
 import (

@@ -1,3 +1,7 @@
+// Tests of backup beside mounts and failures: refused on a read-write
+// mount, and a backup that runs out of space on a tiny tmpfs clearing no
+// dirty bit.
+
 package integration
 
 import (

@@ -1,3 +1,6 @@
+// Tests that broken or unsupported images make mount and info fail with one
+// line naming the file, never a panic, leaving no mount or daemon behind.
+
 package integration
 
 import (

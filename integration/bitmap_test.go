@@ -1,3 +1,6 @@
+// Tests that a read-write mount keeps a QEMU-made bitmap: in use while
+// mounted, stored at unmount, dirty exactly where written.
+
 package integration
 
 import (

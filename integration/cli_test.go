@@ -1,3 +1,6 @@
+// Tests of CLI basics: --version, info in both forms on a chain with a
+// snapshot (agreeing with qemu-img), and --no-snapshots.
+
 package integration
 
 import (

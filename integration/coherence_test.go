@@ -1,3 +1,7 @@
+// Tests of page cache coherence between vm.raw and its partition file:
+// changes through one seen at once through the other, also under
+// concurrent load on overlapping sub-page ranges.
+
 package integration
 
 import (

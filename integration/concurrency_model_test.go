@@ -1,3 +1,8 @@
+// A model test of concurrent O_DIRECT writers through a real read-write
+// mount: every sector must hold a value the model allows, through the mount
+// and as qemu-img reads it. This file is long because the model, its
+// generator and its judge only make sense together.
+
 package integration
 
 import (

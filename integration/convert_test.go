@@ -1,3 +1,6 @@
+// Tests of convert beside mounts: a read-write mounted source and a target
+// a mount uses are refused; a read-only mounted source converts.
+
 package integration
 
 import (

@@ -1,3 +1,7 @@
+// A crash test: the daemon is killed with SIGKILL during a write workload
+// with fsyncs; qemu-img check must find no corruption and every record an
+// fsync acknowledged must read back.
+
 package integration
 
 import (

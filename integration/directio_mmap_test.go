@@ -1,3 +1,6 @@
+// Tests that a --direct-io mount's file can still be mapped MAP_SHARED, read
+// and written through the mapping, and seen by pread and qemu-img.
+
 package integration
 
 import (

@@ -1,3 +1,6 @@
+// Helpers that compare files and ranges byte for byte, naming the first
+// differing offset with a hex excerpt.
+
 package integration
 
 import (

@@ -1,3 +1,6 @@
+// A stress test: fio's concurrent direct-I/O jobs write and verify (crc32c)
+// random blocks on a mounted file; the image is clean afterwards.
+
 package integration
 
 import (

@@ -1,3 +1,7 @@
+// Tests of forensic read-only use: evidence mounted --ro --partitions is
+// read without a byte changing (sha256) and opened O_RDONLY|O_NOATIME, also
+// from a read-only bind mount; and --no-backing.
+
 package integration
 
 import (

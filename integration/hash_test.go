@@ -1,3 +1,6 @@
+// Tests that qcow2fs hash equals sha256sum (sha1sum, md5sum) of qemu-img's
+// raw output and of the mounted file, and that vm.info is what info prints.
+
 package integration
 
 import (

@@ -1,3 +1,6 @@
+// Tests that an image damaged in one place keeps serving beside a healthy
+// one: EIO for the damaged range only, the daemon stays up.
+
 package integration
 
 import (

@@ -1,3 +1,7 @@
+// Tests of mounting an image with a bad snapshot entry and a 300-character
+// snapshot name: the bad one hidden with an escaped warning, the long one
+// shortened, every file read as QEMU reads it, check exiting 2 like QEMU's.
+
 package integration
 
 import (

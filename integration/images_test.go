@@ -1,3 +1,6 @@
+// imageKit, which builds QEMU-made images for the tests (with qemu-io
+// commands writing every kind of cluster), and the read-path image matrix.
+
 package integration
 
 import (

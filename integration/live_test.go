@@ -1,6 +1,8 @@
 // Live operations (issue 14): suspend/resume and live internal snapshots
 // of a mount that stays mounted, with a loop device and ext4 on top and fio
 // writing throughout.
+// This file is long because the live stack (mount, loop device, ext4, fio in
+// the background) is shared by every live test and defined here.
 
 package integration
 

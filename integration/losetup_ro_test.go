@@ -1,3 +1,6 @@
+// Tests that an ext4 image mounted --ro works as a read-only loop device for
+// blkid, fsck.ext4 and the kernel's ext4.
+
 package integration
 
 import (

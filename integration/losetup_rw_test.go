@@ -1,3 +1,6 @@
+// Tests of a read-write mount's file under losetup, with and without direct
+// I/O: mkfs.ext4, a tree copy, fsck and blkdiscard, data surviving a remount.
+
 package integration
 
 import (

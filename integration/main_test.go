@@ -1,3 +1,6 @@
+// The suite's TestMain: the environment check, building the binary, the
+// run's root directory, and sweeping what dead runs left behind.
+
 package integration
 
 import (

@@ -1,6 +1,8 @@
 // Offline maintenance commands (create, check, snapshot, resize, map,
 // commit, rebase) against QEMU as the oracle: what qcow2fs makes, QEMU
 // reads right, and what qcow2fs reports, QEMU reports the same.
+// This file is long because each command's test needs its own QEMU-output
+// parser (info, map, check) next to it.
 
 package integration
 

@@ -1,3 +1,6 @@
+// Helpers that mount and unmount qcow2fs (through the CLI or a foreground
+// daemon the test can kill), attach loop devices and mount them.
+
 package integration
 
 import (

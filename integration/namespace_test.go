@@ -1,3 +1,6 @@
+// Tests that the mount's directory is fixed: rm, mv, mkdir, create, links
+// and mkfifo fail (EPERM, or EROFS read-only) and nothing changes.
+
 package integration
 
 import (

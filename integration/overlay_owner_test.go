@@ -1,3 +1,7 @@
+// Tests of empty option values (usage errors, nothing mounted) and of who
+// owns an overlay: a new one takes the evidence's owner and mode, another
+// user's is refused.
+
 package integration
 
 import (

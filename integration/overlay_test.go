@@ -1,3 +1,6 @@
+// Tests of --overlay: writes land in the overlay (which qemu-img reads and
+// checks), the evidence never changes, and the overlay is reused or refused.
+
 package integration
 
 import (

@@ -1,3 +1,6 @@
+// Tests of mounting onto the image's own directory: the daemon works from
+// descriptors opened before the mount and never deadlocks on itself.
+
 package integration
 
 import (

@@ -1,3 +1,6 @@
+// Tests of the .deb: built with make deb, installed with dpkg -i, used (man
+// pages, completions, an fstab mount), purged, leaving nothing behind.
+
 package integration
 
 import (

@@ -1,3 +1,7 @@
+// Tests that a panic in a request (injected under the metadata lock) costs
+// that request and image, never the mount: EIO at once, other images
+// serving, a clean unmount.
+
 package integration
 
 import (

@@ -1,3 +1,6 @@
+// Tests of --partitions: MBR and GPT partition files numbered as partx
+// numbers them, equal to dd of their range, and writable with mkfs.ext4.
+
 package integration
 
 import (

@@ -1,3 +1,6 @@
+// Tests of racing mounts onto one mount point or of one image: exactly one
+// wins, the others say why and hold nothing.
+
 package integration
 
 import (

@@ -1,3 +1,6 @@
+// Tests of the read path: every image of the read matrix mounted read-only
+// and compared with qemu-img convert byte for byte; --ro refusing writes.
+
 package integration
 
 import (

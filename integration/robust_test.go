@@ -1,3 +1,6 @@
+// Robustness tests: SIGQUIT handled like SIGTERM, FIFOs and devices refused,
+// commas and newlines in names, run state swept after a kill.
+
 package integration
 
 import (

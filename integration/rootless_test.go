@@ -1,3 +1,7 @@
+// Tests of rootless use: a plain user mounting through fusermount3 with run
+// state in /tmp or $XDG_RUNTIME_DIR, fuse2fs on a partition file, and the
+// refusals a user meets.
+
 package integration
 
 import (

@@ -1,3 +1,6 @@
+// Helpers that run external commands with a timeout and make the tests'
+// directories under the run's root.
+
 package integration
 
 import (

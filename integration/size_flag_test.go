@@ -1,3 +1,6 @@
+// Tests that the cache size takes the common size grammar as a flag and as
+// an -o option, and that a bad size is a usage error.
+
 package integration
 
 import (

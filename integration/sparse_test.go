@@ -1,3 +1,6 @@
+// Tests of a sparse 4 TiB image: mountinfo entry, size and allocation,
+// SEEK_DATA/SEEK_HOLE, and chosen ranges equal to QEMU's view.
+
 package integration
 
 import (

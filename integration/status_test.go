@@ -1,3 +1,6 @@
+// Tests of status (live and stale mounts), of mount exit codes, and of
+// SIGTERM with and without a loop device attached.
+
 package integration
 
 import (

@@ -1,3 +1,6 @@
+// Tests that a SIGSTOPped daemon takes nothing else down: other commands
+// return promptly, and its own mount serves again once continued.
+
 package integration
 
 import (

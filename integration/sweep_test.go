@@ -1,3 +1,6 @@
+// Sweeping what a run left under its directory: loop device mounts, loop
+// devices, mounts and daemons.
+
 package integration
 
 import (

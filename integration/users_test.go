@@ -1,3 +1,6 @@
+// Throwaway user accounts and groups for the tests of what another user may
+// do through a mount, and running commands as them.
+
 package integration
 
 import (

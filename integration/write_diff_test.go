@@ -1,3 +1,7 @@
+// Differential tests of the write path through a mount: a seeded random
+// workload applied to the mounted image and to a raw file, then compared by
+// qemu-img, with the image clean and its snapshots unchanged.
+
 package integration
 
 import (

@@ -1,3 +1,6 @@
+// Tests of write edges on a read-write mount: past the virtual size,
+// truncate, read-only snapshot files.
+
 package integration
 
 import (

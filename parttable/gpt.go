@@ -1,3 +1,6 @@
+// GPT (UEFI spec 5.3.2): the primary header with the backup as fallback,
+// 512- and 4096-byte sectors, and the entry array checked by its CRC32.
+
 package parttable
 
 import (

@@ -1,3 +1,6 @@
+// The MBR and the chain of EBRs holding the logical partitions of an
+// extended partition, and the protective MBR that announces a GPT.
+
 package parttable
 
 import (

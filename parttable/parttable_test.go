@@ -1,3 +1,6 @@
+// Tests of Read on tables written by hand into an in-memory disk (MBR, EBR
+// chains, GPT, damaged and looping ones), and FuzzRead.
+
 package parttable
 
 import (

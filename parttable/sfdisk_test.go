@@ -1,3 +1,6 @@
+// Tests of Read against real tables made by util-linux's sfdisk (MBR with
+// logical partitions, GPT), compared with sfdisk --json.
+
 package parttable
 
 import (

@@ -2,6 +2,7 @@
 // L2 tables (with the L1 entry that points at one), the L2 entry update
 // (setL2), growth of the file to cover what is allocated, and frees deferred
 // until the mapping that dropped them is durable. Caller holds s.mu.
+
 package qcow2
 
 import (
@@ -113,7 +114,7 @@ func (w *writer) freeEntry(e l2Entry) {
 	}
 }
 
-// l2Slice returns the cached slice of a writable L2 table for guest cluster c
+// l2SliceFor returns the cached slice of a writable L2 table for guest cluster c
 // and the entry's offset inside it, allocating or copying the table as
 // needed. Caller holds s.mu.
 func (w *writer) l2SliceFor(c int64) (key uint64, in int64, err error) {

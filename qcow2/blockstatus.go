@@ -1,3 +1,6 @@
+// Block status through the backing chain: Map (data, zeros, unallocated) and
+// SeekData/SeekHole built on it.
+
 package qcow2
 
 import "fmt"

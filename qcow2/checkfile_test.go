@@ -1,3 +1,6 @@
+// Tests of OpenOptions.CheckFile: every file of the chain is seen once, in
+// order and with its role, and a refusal fails the open leaving nothing open.
+
 package qcow2
 
 import (

@@ -1,3 +1,6 @@
+// Reading compressed clusters (zlib and zstd): the decompressed-cluster
+// cache's loader, and parallel inflation without the lock for large reads.
+
 package qcow2
 
 import (

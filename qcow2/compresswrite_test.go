@@ -1,3 +1,6 @@
+// Tests of WriteCompressed against QEMU: check clean, convert equal, exactly
+// the compressible clusters mapped compressed, and copy-on-write from them.
+
 package qcow2
 
 import (

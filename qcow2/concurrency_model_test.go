@@ -1,3 +1,7 @@
+// A model test of concurrent writes, write-zeroes and discards at sector
+// granularity on the same few clusters: each sector must hold the value of
+// an op that no later op superseded.
+
 package qcow2
 
 import (

@@ -1,3 +1,7 @@
+// Tests of corruption found at run time: the corrupt bit is set and writes
+// refused, overlapping metadata is caught before any write, and an absurdly
+// deep backing chain is refused.
+
 package qcow2
 
 import (

@@ -1,3 +1,7 @@
+// Tests of persistent dirty bitmaps against QEMU: kept valid by guest writes,
+// BitmapUpdate alike qemu-img bitmap, and bitmaps left in use by a crash
+// (QEMU reading the dirty ranges through qemu-storage-daemon and NBD).
+
 package qcow2
 
 import (

@@ -1,3 +1,6 @@
+// FormatError, the error for a malformed or refused image (always naming
+// the file), and the package's sentinel errors.
+
 package qcow2
 
 import (

@@ -1,3 +1,6 @@
+// Tests of hostile and failing host files: named devices, FIFOs and /proc
+// files refused, ENOSPC on a small tmpfs and injected EIO corrupting nothing.
+
 package qcow2
 
 import (

@@ -1,3 +1,6 @@
+// Flush and the write-back order it follows: refcounts and data before L2
+// slices, L2 before L1, deferred frees last, each stage behind a barrier.
+
 package qcow2
 
 import (

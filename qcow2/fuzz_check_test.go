@@ -1,3 +1,7 @@
+// FuzzCheck, fuzzing the read-only check on whole images, its seed corpus of
+// QEMU-made and hostile images, and TestFuzzCheckSeeds, which compares each
+// seed's verdict with qemu-img check's.
+
 package qcow2
 
 import (

@@ -1,3 +1,6 @@
+// FuzzRefcountBlock: refcount entries of every width read back what was set
+// without disturbing their neighbours.
+
 package qcow2
 
 import "testing"

@@ -1,3 +1,6 @@
+// FuzzOpenWrite: mutated images opened read-write and written, zeroed,
+// discarded and flushed must not panic, hang or allocate without bound.
+
 package qcow2
 
 import (

@@ -1,3 +1,6 @@
+// The on-disk QCOW2 header (v2 and v3): spec constants, the fixed fields,
+// header extensions kept verbatim, and the feature name table.
+
 package qcow2
 
 import (

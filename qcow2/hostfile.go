@@ -1,3 +1,6 @@
+// hostFile, the interface through which the image and its external data file
+// are read and written, so that tests can inject faults and power cuts.
+
 package qcow2
 
 import (

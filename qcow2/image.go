@@ -1,3 +1,7 @@
+// Package qcow2 reads and writes QCOW2 images (and raw backing files) the
+// way QEMU does, and runs the offline maintenance of qemu-img. This file
+// holds Image and the state it shares with its snapshot views: the files,
+// the L2 cache, metadata write-back and the sticky fdatasync error.
 package qcow2
 
 import (

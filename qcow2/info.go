@@ -1,3 +1,6 @@
+// Image.Info: the description of an image and its backing chain that
+// `qcow2fs info` prints.
+
 package qcow2
 
 import "sort"

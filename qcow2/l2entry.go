@@ -1,3 +1,6 @@
+// L2 entries decoded: the cluster kinds (standard and extended L2 with
+// subclusters) and the compressed cluster descriptor.
+
 package qcow2
 
 import "fmt"

@@ -1,3 +1,6 @@
+// Table tests of L2 entry classification (standard and extended L2) and of
+// compressed cluster descriptors.
+
 package qcow2
 
 import "testing"

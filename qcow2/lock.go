@@ -1,3 +1,6 @@
+// QEMU-compatible image locking (block/file-posix.c): the permission lock
+// bytes on the image file, and LockError for a conflict with another process.
+
 package qcow2
 
 import (

@@ -1,3 +1,5 @@
+// Tests that qcow2fs's image locks and QEMU's exclude each other both ways.
+
 package qcow2
 
 import (

@@ -5,6 +5,7 @@
 // the whole operation. A session releases the mutex only around calls that
 // take it themselves (unlocked, e.g. for WriteAt). The maint_*.go files hold
 // the operations; this file the session.
+
 package qcow2
 
 import (

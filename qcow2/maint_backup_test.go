@@ -1,3 +1,7 @@
+// Tests of backup against QEMU: a full and incremental chain restored with
+// qemu-img convert, incrementals holding only dirty clusters, and failed
+// backups clearing nothing.
+
 package qcow2
 
 import (

@@ -1,3 +1,8 @@
+// Tests of check and repair against qemu-img check: clean, hand-corrupted,
+// dirty and corrupt-bit images, locking, entry corruptions and random damage.
+// This file is long because the hand-corruption helpers (mtFile) and every
+// damage case they serve are read side by side.
+
 package qcow2
 
 import (
@@ -66,7 +71,7 @@ func (m *mtFile) putU64(off int64, v uint64) {
 
 func (m *mtFile) cs() int64 { return 1 << m.h.ClusterBits }
 
-// l2Entry returns the file offset of L2 entry j of the L2 table that
+// l2EntryOff returns the file offset of L2 entry j of the L2 table that
 // active L1 entry i points to.
 func (m *mtFile) l2EntryOff(i, j int64) int64 {
 	l2 := int64(m.u64(int64(m.h.L1TableOffset)+i*8) & l1EntryOffsetMask)

@@ -1,3 +1,6 @@
+// Differential tests of commit and rebase against QEMU, their refusals, and
+// an idle read-write open leaving the file byte for byte as it was.
+
 package qcow2
 
 import (

@@ -1,3 +1,6 @@
+// Differential tests of convert against qemu-img convert (qcow2 and raw
+// sources, snapshots, compression, -S, -B with a backing file).
+
 package qcow2
 
 import (

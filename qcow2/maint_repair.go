@@ -1,6 +1,7 @@
 // Repair, the second half of check (qcow2fs check -r leaks|all): apply the
 // refcount differences the reference walk found, fix COPIED flags, and
 // rebuild a refcount structure that cannot be trusted.
+
 package qcow2
 
 import (

@@ -1,3 +1,6 @@
+// Tests of resize and its refusals, and of allocating runs longer than a
+// refcount block's reach across refcount table growth.
+
 package qcow2
 
 import (

@@ -2,6 +2,7 @@
 // writing of the snapshot table. The live form (a snapshot of a mounted
 // image) runs these same functions while the mount is held between
 // requests (cmd/qcow2fs/control.go).
+
 package qcow2
 
 import (

@@ -1,3 +1,8 @@
+// Tests of internal snapshots against QEMU: create, apply, delete, errors,
+// bitmaps kept, and a random sequence judged by an in-memory model. This
+// file is long because the snapshot cases and that model test share one set
+// of image builders.
+
 package qcow2
 
 import (

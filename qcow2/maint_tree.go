@@ -7,6 +7,7 @@
 // or L2 entry means refcount == 1. Increments may reach the disk at any
 // time (a crash leaks); decrements wait until the structure that dropped the
 // references is durable (writer.deferFree, applied by flushLocked).
+
 package qcow2
 
 import (

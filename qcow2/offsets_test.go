@@ -1,3 +1,6 @@
+// Table tests of the geometry: guest offsets split into cluster ranges and
+// the L1/L2 index arithmetic.
+
 package qcow2
 
 import "testing"

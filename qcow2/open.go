@@ -3,6 +3,7 @@
 // backing chain and the external data file, each checked against the
 // opener's rights (OpenOptions.checkFile). A malformed image is a
 // FormatError naming the file and the problem.
+
 package qcow2
 
 import (

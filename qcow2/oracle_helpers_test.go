@@ -1,6 +1,8 @@
 // Helpers for the QEMU-oracle tests: run qemu-img / qemu-io with readable
 // failures, build patterned images, and compare what this package reads with
 // what QEMU reads, reporting the first differing byte offset.
+// This file is long because every oracle test of the package shares these
+// helpers, and they are easier to find in one place.
 
 package qcow2
 

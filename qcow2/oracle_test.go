@@ -3,6 +3,8 @@
 // byte (each internal snapshot: `convert -l snapshot.name=...`). Map, the
 // seek helpers and Info are checked against `qemu-img map` / `qemu-img info`,
 // and no file of the chain may change through a read-only open.
+// This file is long because the image matrix and the one judge it runs
+// through (checkImage) belong together.
 
 package qcow2
 

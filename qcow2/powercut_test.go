@@ -13,6 +13,8 @@
 // j mod writers), so every byte has one writer and a clear history, while
 // stripes narrower than a cluster (or subcluster) make writers collide
 // inside the same clusters, L2 slices and refcount blocks.
+// This file is long because the recorder, the power-cut image generator and
+// its judge only make sense together.
 
 package qcow2
 

@@ -1,3 +1,6 @@
+// rawLayer: a raw file as a layer of a backing chain (read, block status,
+// info).
+
 package qcow2
 
 import (

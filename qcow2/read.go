@@ -1,3 +1,6 @@
+// The read path: guest ranges mapped to runs through the L1 and L2 tables,
+// then served from the image, the data file, the backing chain or zeros.
+
 package qcow2
 
 import (
@@ -17,7 +20,7 @@ type run struct {
 	skip   int64  // kindCompressed: offset inside the decompressed cluster
 }
 
-// l1Entry returns the L2 table offset for L1 index i, 0 if unallocated.
+// l2TableOffset returns the L2 table offset for L1 index i, 0 if unallocated.
 func (img *Image) l2TableOffset(i int64) (int64, error) {
 	if i >= int64(len(img.l1)) {
 		return 0, nil

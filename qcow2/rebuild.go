@@ -1,3 +1,7 @@
+// Rebuilding the refcounts of a dirty image (lazy refcounts after an
+// unclean shutdown) with check's reference walker before the first
+// allocation.
+
 package qcow2
 
 import (

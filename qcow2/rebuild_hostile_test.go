@@ -1,3 +1,7 @@
+// Tests that the refcount rebuild of a dirty image fails cleanly on hostile
+// metadata (an error naming the file, nothing written) and still works on
+// a sound image with a bitmap.
+
 package qcow2
 
 import (

@@ -1,3 +1,6 @@
+// The internal snapshot table: parsing and encoding it within QEMU's limits,
+// keeping bad entries (marked unusable) as QEMU does, and listing snapshots.
+
 package qcow2
 
 import (

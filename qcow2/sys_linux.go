@@ -1,3 +1,7 @@
+// Linux system calls behind the host files: O_NOATIME opens of regular files
+// only, fdatasync, hole punching, allocated size, and the vetting of files an
+// image names.
+
 package qcow2
 
 import (

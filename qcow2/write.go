@@ -1,3 +1,6 @@
+// The guest write path: the writer's state, preparing the image before its
+// first modification, and WriteAt with in-flight allocations per cluster.
+
 package qcow2
 
 import (

@@ -1,3 +1,6 @@
+// Tests that a dirty image left by a killed lazy-refcounts writer gets its
+// refcounts rebuilt before the first write allocates.
+
 package qcow2
 
 import (

@@ -1,3 +1,6 @@
+// Tests of refcount table growth under many allocations (QEMU checks the
+// result) and of concurrent writers and readers on the same clusters.
+
 package qcow2
 
 import (

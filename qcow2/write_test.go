@@ -1,3 +1,8 @@
+// Differential tests of the write path: the same writes through Image and
+// through QEMU across image options (versions, cluster sizes, extended L2,
+// backing files, snapshots, compression, data file, bitmaps), compared with
+// what QEMU reads and checked with qemu-img check.
+
 package qcow2
 
 import (

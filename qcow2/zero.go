@@ -1,3 +1,6 @@
+// WriteZeroes and Discard: zero flags (v3 zero clusters, extended-L2 zero
+// subclusters) where possible, zero bytes only for partial clusters.
+
 package qcow2
 
 // WriteZeroes makes [off, off+n) read as zeros, with the format's zero flags

@@ -1,3 +1,6 @@
+// Regression test for write-zeroes and discard straddling two subclusters:
+// both parts are zeroed, whatever the first one held.
+
 package qcow2
 
 import (

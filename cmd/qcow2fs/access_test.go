@@ -1,3 +1,6 @@
+// Unit tests of the access rule: name quoting, following symlink owners,
+// and accessGuard refusing, trusting and applying link makers.
+
 package main
 
 import (

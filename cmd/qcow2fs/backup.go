@@ -1,3 +1,6 @@
+// qcow2fs backup: a full or bitmap-based incremental backup of an image's
+// guest content into a new qcow2 image (qcow2.Backup).
+
 package main
 
 import (

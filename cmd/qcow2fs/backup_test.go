@@ -1,3 +1,6 @@
+// CLI tests of qcow2fs backup: usage errors and refusals with their exit
+// codes, and plain and compressed backups that restore the disk.
+
 package main
 
 import (

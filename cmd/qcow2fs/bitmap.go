@@ -1,3 +1,6 @@
+// qcow2fs bitmap: managing an image's persistent dirty bitmaps like
+// qemu-img bitmap (add, remove, clear, enable, disable, merge).
+
 package main
 
 import (

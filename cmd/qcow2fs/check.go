@@ -1,3 +1,6 @@
+// qcow2fs check: the consistency check and repair of an image, with
+// qemu-img check's exit codes and human summary (a panic exits 1, never 2).
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// CLI tests of qcow2fs check's exit codes: on hand-patched hostile images,
+// compared with qemu-img check's, and a panic exiting 1.
+
 package main
 
 import (

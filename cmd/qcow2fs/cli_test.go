@@ -1,3 +1,7 @@
+// In-process CLI tests (usage errors, info JSON) and daemon tests: mount
+// through the daemon, read, unmount, and errors reported back; TestMain lets
+// the test binary play the daemon and the probe.
+
 package main
 
 import (

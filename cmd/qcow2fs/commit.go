@@ -1,3 +1,6 @@
+// qcow2fs commit and rebase: offline commit of an image into its backing
+// file, and rebase (safe, or -u rewriting only the name) onto another.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// qcow2fs convert: copying the guest content of a qcow2 image or raw file
+// into a new qcow2 image or sparse raw file, as qemu-img convert does.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// CLI tests of qcow2fs convert: usage errors, refusals that leave the files
+// alone, replacing an existing target, and --help.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// qcow2fs create: a new image from qemu-img create's -o options (and their
+// "-o help"), printing qemu-img's "Formatting ..." line.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// Tests that the docs cover every command and flag (man page, completions)
+// and that the generated files are valid for their tools.
+
 package main
 
 import (

@@ -1,3 +1,7 @@
+// Unit tests of external snapshots' helpers (overlay backing name and
+// options, switched layers, paths under a mount) and an offline external
+// snapshot.
+
 package main
 
 import (

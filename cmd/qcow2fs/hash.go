@@ -1,3 +1,6 @@
+// qcow2fs hash: the hash of an image's (or a snapshot's) virtual disk,
+// with reading and hashing in parallel and zero runs hashed without a read.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// Tests that qcow2fs hash equals the hash of qemu-img convert's raw output,
+// over a chain with every kind of cluster, in every algorithm.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// Unit tests of which mount uses an image (imageSet.usedBy) and of names
+// made safe for one terminal line.
+
 package main
 
 import (

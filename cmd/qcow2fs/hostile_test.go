@@ -1,3 +1,6 @@
+// Tests that hostile snapshot tables and names in an image reach info's and
+// check's output neither raw (control characters) nor unbounded.
+
 package main
 
 import (

@@ -1,3 +1,7 @@
+// qcow2fs info: the description of an image chain in qemu-img's terms,
+// human or JSON, with the partition table and host files; also the text of
+// NAME.info in a mount.
+
 package main
 
 import (

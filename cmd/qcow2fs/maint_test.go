@@ -1,3 +1,7 @@
+// Unit tests of the maintenance commands' parsing and output formats (sizes,
+// -o lists, map merging, check and snapshot list text) and an in-process run
+// of the commands on a fresh image.
+
 package main
 
 import (

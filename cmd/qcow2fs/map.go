@@ -1,3 +1,6 @@
+// qcow2fs map: the allocation map of an image in qemu-img map's terms and
+// run merging, human or JSON, queried in bounded chunks.
+
 package main
 
 import (

@@ -1,3 +1,7 @@
+// qcow2fs mount and the mount.qcow2fs helper form mount(8) calls: argument
+// parsing, the checks done before anything is mounted, and the choice of
+// serving in the foreground or in a daemon.
+
 package main
 
 import (

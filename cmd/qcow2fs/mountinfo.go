@@ -1,3 +1,5 @@
+// The file system type qcow2fs mounts carry in /proc/self/mountinfo.
+
 package main
 
 // fsType is the file system type qcow2fs mounts show in mountinfo.

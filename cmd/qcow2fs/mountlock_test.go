@@ -1,3 +1,6 @@
+// Unit tests of the mount locks: exclusion and hand-over, and the keys a
+// mount locks.
+
 package main
 
 import (

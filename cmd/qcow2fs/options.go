@@ -1,3 +1,6 @@
+// The mount configuration (resolved to absolute paths and passed to the
+// daemon as JSON) and the -o mount options that fill it, fstab's included.
+
 package main
 
 import (

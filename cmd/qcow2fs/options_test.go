@@ -1,3 +1,6 @@
+// Unit tests of -o mount options and contradicting configurations, empty
+// flag values for every command, and the cache size grammar.
+
 package main
 
 import (

@@ -1,3 +1,5 @@
+// Tests of the bounded mount probe, run in a child (the test binary).
+
 package main
 
 import (

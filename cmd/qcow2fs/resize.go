@@ -1,3 +1,6 @@
+// qcow2fs resize: changing an image's virtual size as qemu-img resize does
+// (shrinking only with --shrink).
+
 package main
 
 import (

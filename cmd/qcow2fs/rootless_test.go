@@ -1,3 +1,6 @@
+// Unit tests of rootless mounting's checks: the run-state directory,
+// user_allow_other in /etc/fuse.conf, and /dev/fuse errors.
+
 package main
 
 import (

@@ -1,3 +1,7 @@
+// Serving a mount: opening the images, mounting them, serving until
+// unmounted (signals ask for an unmount), then flushing and closing; and
+// how the outcome is reported, to the terminal or the waiting parent.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// qcow2fs snapshot: listing internal snapshots (qemu-img snapshot -l's table,
+// or JSON) and the snapshot subcommands that change them.
+
 package main
 
 import (

@@ -1,3 +1,7 @@
+// A mount's sources and mount point: image files or directories of images
+// resolved to absolute paths, and the mount point checked from mountinfo,
+// run state and bounded probes (never a stat of a hung mount).
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// qcow2fs status: every qcow2fs mount with its state and daemon, as a table
+// (names made safe for a terminal) or JSON.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// qcow2fs unmount: fusermount3 -u, then waiting until the daemon has flushed
+// and closed the images.
+
 package main
 
 import (

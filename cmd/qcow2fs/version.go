@@ -1,3 +1,6 @@
+// qcow2fs version: the build's version (set with -ldflags, or from the
+// module or VCS build info) and those of go-fuse and Go.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// Unit tests of the access rule's primitives (Allows, CanOpen, Describe,
+// parents, root lookups, Sources.Mode), with ACLs made by hand.
+
 package access
 
 import (

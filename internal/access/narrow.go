@@ -1,3 +1,7 @@
+// Sources and Mode: narrowing the permission bits a mounted file shows to
+// what every class of users could read and write directly in the files
+// behind it.
+
 package access
 
 import "sync"

@@ -1,3 +1,6 @@
+// Tests of escaping image text for display, its bound on length, and a fuzz
+// target for Escape.
+
 package imgtext
 
 import (

@@ -1,3 +1,6 @@
+// Unit tests of parsing /proc/self/mountinfo lines and unescaping their
+// fields.
+
 package mounts
 
 import (

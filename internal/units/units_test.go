@@ -1,3 +1,5 @@
+// Table tests of size parsing and formatting.
+
 package units
 
 import (

@@ -1,3 +1,6 @@
+// The passthrough's nodes: a root directory holding one file, served by
+// pread and pwrite on one shared descriptor (no FUSE passthrough on purpose).
+
 package main
 
 import (

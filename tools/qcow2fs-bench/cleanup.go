@@ -1,3 +1,6 @@
+// cleaner: undoing what the bench set up (mounts, loop devices, daemons) in
+// reverse order, on success, error or signal.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// The convert section: qcow2fs convert timed against qemu-img convert on
+// the same sources, compressed and not.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// The ext4 section: fio on a file in ext4 on a loop device (direct I/O) over
+// each exposed disk.
+
 package main
 
 import (

@@ -1,3 +1,7 @@
+// The rss, mounttime and compressed sections: peak resident memory over a
+// 1 TiB image, mount time of a 4 TiB preallocated image, and reads of
+// compressed images against qemu-img convert.
+
 package main
 
 import (

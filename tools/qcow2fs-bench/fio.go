@@ -1,3 +1,5 @@
+// Running fio jobs (psync, O_DIRECT) and reading their JSON reports.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// Unit tests of parsing fio's JSON report (a trimmed real one, and broken
+// ones) and of keeping the best figure of a row.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// The description of the machine the figures come from (CPU, memory,
+// kernel, host file system, tool versions, mount options) for the report.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// Waiting for mounts: whether something is mounted at a point, and waiting
+// until a served file shows its size.
+
 package main
 
 import (

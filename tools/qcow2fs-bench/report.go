@@ -1,3 +1,6 @@
+// The report: the results as an aligned text table and as
+// docs/PERFORMANCE.md, with the hand-written limits notes embedded.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// The results model: units, cells, rows, fio details and failures that do
+// not stop the run.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// Running commands for the bench: errors carrying the command line and the
+// tail of its output, and nothing new started after an interrupt.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// The main section: fio scenarios on a fresh 4 GiB disk per target, in
+// rounds with the targets' order reversed every other round.
+
 package main
 
 import (

@@ -1,3 +1,6 @@
+// The targets the bench compares: qcow2fs, QEMU's FUSE export and the go-fuse
+// passthrough, each exposing a disk as a raw file, and stopping them.
+
 package main
 
 import (
