@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
+
 	"github.com/qcow2fs/qcow2fs/internal/testenv"
 
 	"github.com/qcow2fs/qcow2fs/qcow2"
@@ -21,19 +23,11 @@ import (
 // (the field after the source in /proc/self/mountinfo).
 func superOptions(t *testing.T, mnt string) string {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
+	e, ok := mounts.Find(mnt)
+	if !ok {
+		t.Fatalf("%s not in /proc/self/mountinfo", mnt)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 10 || f[4] != mnt {
-			continue
-		}
-		return f[len(f)-1]
-	}
-	t.Fatalf("%s not in /proc/self/mountinfo", mnt)
-	return ""
+	return e.SuperOptions
 }
 
 func statOwnerMode(t *testing.T, path string) (uid, gid uint32, mode os.FileMode) {

@@ -11,8 +11,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/mounts"
 
 	"github.com/qcow2fs/qcow2fs/internal/testenv"
 
@@ -337,28 +340,16 @@ func TestNameClash(t *testing.T) {
 // type and source.
 func mountinfoHas(t *testing.T, mnt, fstype, source string) {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
+	e, ok := mounts.Find(mnt)
+	if !ok {
+		t.Fatalf("%s not in /proc/self/mountinfo", mnt)
 	}
-	for _, line := range bytes.Split(b, []byte("\n")) {
-		f := bytes.Fields(line)
-		if len(f) < 10 || string(f[4]) != mnt {
-			continue
-		}
-		i := slices.IndexFunc(f, func(b []byte) bool { return string(b) == "-" })
-		if i < 0 || i+2 >= len(f) {
-			t.Fatalf("bad mountinfo line %q", line)
-		}
-		if string(f[i+1]) != fstype || string(f[i+2]) != source {
-			t.Errorf("mount %s: type %s source %s; want %s %s", mnt, f[i+1], f[i+2], fstype, source)
-		}
-		if !bytes.Contains(f[5], []byte("ro")) || !bytes.Contains(f[5], []byte("nodev")) {
-			t.Errorf("mount options %s lack ro,nodev", f[5])
-		}
-		return
+	if e.FSType != fstype || e.Source != source {
+		t.Errorf("mount %s: type %s source %s; want %s %s", mnt, e.FSType, e.Source, fstype, source)
 	}
-	t.Errorf("%s not in /proc/self/mountinfo", mnt)
+	if opts := "," + e.Options + ","; !strings.Contains(opts, ",ro,") || !strings.Contains(opts, ",nodev,") {
+		t.Errorf("mount options %s lack ro,nodev", e.Options)
+	}
 }
 
 func TestDirectIO(t *testing.T) {

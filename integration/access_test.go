@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
 
 	"golang.org/x/sys/unix"
@@ -225,10 +227,10 @@ func TestNamedFilesOwnerMayOpen(t *testing.T) {
 		qemuIO(t, img, "write -P 0x44 0 64k")
 		chown(t, img, u.Uid, u.Gid)
 		chmod(t, rootData, 0o644)
-		before := hashTree(t, dir)
+		before := testenv.HashTree(t, dir)
 		mountRefused(t, mnt, []string{img, rootData, u.Name, "write"}, "--allow-other", img)
 		mountRefused(t, mnt, []string{img, rootData, u.Name, "write"}, img)
-		assertSameHashes(t, before, hashTree(t, dir))
+		testenv.SameHashes(t, before, testenv.HashTree(t, dir))
 		// Read-only, it is what the user could read anyway.
 		mountQcow2fs(t, mnt, []string{"--ro", "--allow-other"}, img)
 		compareFiles(t, filepath.Join(mnt, "data.raw"), qemuRawOf(t, img, filepath.Join(dir, "data-oracle.raw")))

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 // TestCLIBasics: --version, `info` in both output forms on a backing chain
@@ -26,7 +28,7 @@ func TestCLIBasics(t *testing.T) {
 	qemuCreate(t, img, "32M", "", "bk/base.qcow2", "qcow2")
 	qemuIO(t, img, k.Rand(1<<20, 100))
 	run(t, "qemu-img", "snapshot", "-c", "S", img)
-	before := hashTree(t, k.Dir)
+	before := testenv.HashTree(t, k.Dir)
 
 	t.Run("version", func(t *testing.T) {
 		if out := strings.TrimSpace(run(t, qcow2fsBin, "--version")); out == "" {
@@ -94,7 +96,7 @@ func TestCLIBasics(t *testing.T) {
 		unmountQcow2fs(t, mnt, k.Dir)
 	})
 
-	assertSameHashes(t, before, hashTree(t, k.Dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, k.Dir))
 }
 
 // qemuRawOf converts img to the raw file out and returns out.

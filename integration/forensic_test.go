@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
 
 	"golang.org/x/sys/unix"
@@ -163,7 +165,7 @@ func TestForensicReadOnly(t *testing.T) {
 	dir := testDir(t)
 	k := newImageKit(t, mkdir(t, dir, "evidence"))
 	images := evidenceSet(t, k)
-	before := hashTree(t, k.Dir)
+	before := testenv.HashTree(t, k.Dir)
 	mnt := mkdir(t, dir, "mnt")
 
 	mountQcow2fs(t, mnt, []string{"--ro", "--partitions"}, k.Dir)
@@ -196,7 +198,7 @@ func TestForensicReadOnly(t *testing.T) {
 	if !qemuInfo(t, images[1]).Dirty {
 		t.Errorf("the dirty image lost its dirty bit: the repair was written back")
 	}
-	assertSameHashes(t, before, hashTree(t, k.Dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, k.Dir))
 }
 
 // TestForensicReadOnlyBindMount: evidence on a read-only bind mount (as on
@@ -207,7 +209,7 @@ func TestForensicReadOnlyBindMount(t *testing.T) {
 	dir := testDir(t)
 	k := newImageKit(t, mkdir(t, dir, "evidence"))
 	images := evidenceSet(t, k)
-	before := hashTree(t, k.Dir)
+	before := testenv.HashTree(t, k.Dir)
 	blocked := mkdir(t, dir, "write-blocked")
 	run(t, "mount", "--bind", "-o", "ro", k.Dir, blocked)
 	t.Cleanup(func() {
@@ -239,7 +241,7 @@ func TestForensicReadOnlyBindMount(t *testing.T) {
 	readAll(t, mnt)
 	unmountQcow2fs(t, mnt, blocked)
 	quietRun("umount", blocked)
-	assertSameHashes(t, before, hashTree(t, k.Dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, k.Dir))
 }
 
 // TestNoBacking: --no-backing shows the top layer alone, as QEMU reads the
@@ -251,7 +253,7 @@ func TestNoBacking(t *testing.T) {
 	dir := testDir(t)
 	k := newImageKit(t, mkdir(t, dir, "evidence"))
 	chain := evidenceSet(t, k)[0]
-	before := hashTree(t, k.Dir)
+	before := testenv.HashTree(t, k.Dir)
 	mid, base := k.BkPath("mid.qcow2"), k.BkPath("base.raw")
 
 	out := run(t, qcow2fsBin, "info", chain)
@@ -280,5 +282,5 @@ func TestNoBacking(t *testing.T) {
 		t.Errorf("--no-backing opened files the image names: %s", strings.Join(h, "; "))
 	}
 	unmountQcow2fs(t, mnt, k.Dir)
-	assertSameHashes(t, before, hashTree(t, k.Dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, k.Dir))
 }

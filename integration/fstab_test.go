@@ -116,7 +116,7 @@ func TestFstab(t *testing.T) {
 	qemuCreate(t, img, "8M", "", "", "")
 	qemuIO(t, img, k.Rand(0, 1<<20), k.Rand(5<<20, 100000))
 	oracle := qemuRawOf(t, img, filepath.Join(dir, "vm-oracle.raw"))
-	before := hashTree(t, k.Dir)
+	before := testenv.HashTree(t, k.Dir)
 
 	// checkRO asserts the read-only mount at mnt shows the image and
 	// refuses writes, then unmounts it.
@@ -221,7 +221,7 @@ func TestFstab(t *testing.T) {
 		}
 	})
 
-	assertSameHashes(t, before, hashTree(t, k.Dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, k.Dir))
 }
 
 // mountOptions returns the per-mount options of the mount at point

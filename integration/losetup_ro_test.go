@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 // TestLosetupReadOnlyExt4: an image holding ext4 (whole device, no partition
@@ -31,7 +33,7 @@ func TestLosetupReadOnlyExt4(t *testing.T) {
 	run(t, "mkfs.ext4", "-q", "-F", "-L", "qcow2fs-test", "-d", content, raw, "64M")
 	img := k.Path("ext4")
 	run(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, img)
-	before := hashTree(t, k.Dir)
+	before := testenv.HashTree(t, k.Dir)
 
 	mountQcow2fs(t, mnt, []string{"--ro"}, img)
 	dev := loopAttach(t, filepath.Join(mnt, "ext4.raw"), "-r")
@@ -57,5 +59,5 @@ func TestLosetupReadOnlyExt4(t *testing.T) {
 	run(t, "umount", fsDir)
 	loopDetach(t, dev)
 	unmountQcow2fs(t, mnt, k.Dir)
-	assertSameHashes(t, before, hashTree(t, k.Dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, k.Dir))
 }

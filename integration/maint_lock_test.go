@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 // maintModifying lists every modifying command on img (base is its
@@ -50,7 +52,7 @@ func TestMaintLocking(t *testing.T) {
 	mountQcow2fs(t, mnt, nil, vm)
 	// (Taken after mounting: a read-write open may round the file up to a
 	// whole cluster.) The refused commands must change nothing.
-	before := hashTree(t, k.Dir)
+	before := testenv.HashTree(t, k.Dir)
 
 	t.Run("qemu-refuses-mounted", func(t *testing.T) {
 		if r := execute("", "qemu-img", "info", vm); r.Code == 0 || !strings.Contains(r.Stderr, "lock") {
@@ -112,7 +114,7 @@ func TestMaintLocking(t *testing.T) {
 		}
 	})
 
-	assertSameHashes(t, before, hashTree(t, k.Dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, k.Dir))
 	unmountQcow2fs(t, mnt, k.Dir)
 	// Unmounted: everything works again.
 	run(t, "qemu-img", "info", vm)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
@@ -21,7 +23,7 @@ func TestEmptyOptionValues(t *testing.T) {
 	ev := filepath.Join(dir, "ev.qcow2")
 	qemuCreate(t, ev, "4M", "", "", "")
 	mnt := mkdir(t, dir, "mnt")
-	before := hashTree(t, dir)
+	before := testenv.HashTree(t, dir)
 	for _, args := range [][]string{
 		{"--overlay", ""}, {"--overlay="}, {"--log", ""}, {"--log="},
 		{"--cache-size", ""}, {"-o", "overlay="}, {"-o", "log="},
@@ -42,7 +44,7 @@ func TestEmptyOptionValues(t *testing.T) {
 			t.Errorf("qcow2fs %q: want a usage error (exit 2) about the empty value: %s", args, r)
 		}
 	}
-	assertSameHashes(t, before, hashTree(t, dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, dir))
 }
 
 // TestOverlayOwnership: a new overlay gets the evidence's owner, group and

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
@@ -28,7 +30,7 @@ func TestOverlay(t *testing.T) {
 	ev := k.Path("disk")
 	qemuCreate(t, ev, "16M", "", "bk/base.qcow2", "qcow2")
 	qemuIO(t, ev, k.Scribble(64<<10, 16<<20)...)
-	before := hashTree(t, k.Dir)
+	before := testenv.HashTree(t, k.Dir)
 
 	work := mkdir(t, dir, "work")
 	ovl := filepath.Join(work, "disk-overlay.qcow2")
@@ -69,7 +71,7 @@ func TestOverlay(t *testing.T) {
 	compareFiles(t, raw, ref)
 	unmountQcow2fs(t, mnt, k.Dir, ovl)
 
-	assertSameHashes(t, before, hashTree(t, k.Dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, k.Dir))
 	qemuCheckClean(t, ovl)
 	qemuCompareRaw(t, ref, ovl)
 
@@ -80,7 +82,7 @@ func TestOverlay(t *testing.T) {
 	}
 	compareFiles(t, raw, ref)
 	unmountQcow2fs(t, mnt, k.Dir, ovl)
-	assertSameHashes(t, before, hashTree(t, k.Dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, k.Dir))
 
 	// An overlay of something else is refused, and so is the evidence
 	// itself as its own overlay.
@@ -93,5 +95,5 @@ func TestOverlay(t *testing.T) {
 	if _, ok := mounts.Find(mnt); ok {
 		t.Errorf("a refused overlay mount left %s mounted", mnt)
 	}
-	assertSameHashes(t, before, hashTree(t, k.Dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, k.Dir))
 }

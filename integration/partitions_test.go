@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 // partxPartition is one line of partx -g -o NR,START,SECTORS,TYPE.
@@ -64,7 +66,7 @@ func TestPartitions(t *testing.T) {
 	mbr, gpt := k.Path("mbr"), k.Path("gpt")
 	partitionedQcow2(t, mbr, "label: dos\n2048,3M,83,*\n,2M,82\n,,5\n,2M,83\n,1M,7\n,,8e\n", k)
 	partitionedQcow2(t, gpt, "label: gpt\nsize=3M, type=U, name=efi\nsize=5M, type=L, name=\"root fs\"\ntype=S\n", k)
-	before := hashTree(t, k.Dir)
+	before := testenv.HashTree(t, k.Dir)
 	mnt := mkdir(t, dir, "mnt")
 
 	mountQcow2fs(t, mnt, []string{"--ro", "-o", "partitions"}, mbr, gpt)
@@ -97,7 +99,7 @@ func TestPartitions(t *testing.T) {
 		t.Errorf("mount lists %v, want %v", got, want)
 	}
 	unmountQcow2fs(t, mnt, k.Dir)
-	assertSameHashes(t, before, hashTree(t, k.Dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, k.Dir))
 
 	// Read-write: mkfs.ext4 through the partition file, fsck inside the image.
 	mountQcow2fs(t, mnt, []string{"--partitions"}, mbr)

@@ -4,11 +4,7 @@
 package integration
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"io"
-	"io/fs"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -107,51 +103,4 @@ func writeRandomFile(t testing.TB, path string, seed int64, n int) []byte {
 		t.Fatal(err)
 	}
 	return buf
-}
-
-// hashTree returns the sha256 of every regular file under dir, by path.
-func hashTree(t testing.TB, dir string) map[string]string {
-	t.Helper()
-	sums := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if !d.Type().IsRegular() {
-			return nil
-		}
-		f, err := os.Open(p)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		h := sha256.New()
-		if _, err := io.Copy(h, f); err != nil {
-			return err
-		}
-		sums[p] = hex.EncodeToString(h.Sum(nil))
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("hash %s: %v", dir, err)
-	}
-	return sums
-}
-
-// assertSameHashes reports every file whose hash changed, appeared or vanished.
-func assertSameHashes(t testing.TB, before, after map[string]string) {
-	t.Helper()
-	for p, h := range before {
-		switch a, ok := after[p]; {
-		case !ok:
-			t.Errorf("%s vanished", p)
-		case a != h:
-			t.Errorf("%s changed: sha256 %s before, %s after", p, h, a)
-		}
-	}
-	for p := range after {
-		if _, ok := before[p]; !ok {
-			t.Errorf("%s appeared", p)
-		}
-	}
 }

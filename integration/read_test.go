@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 // TestReadMatrix mounts every image of the read matrix read-only in one
@@ -40,7 +42,7 @@ func TestReadMatrix(t *testing.T) {
 			sizes[n] = snapshotOracle(t, path, s, want[n])
 		}
 	}
-	before := hashTree(t, k.Dir)
+	before := testenv.HashTree(t, k.Dir)
 
 	mountQcow2fs(t, mnt, []string{"--ro"}, images...)
 
@@ -102,7 +104,7 @@ func TestReadMatrix(t *testing.T) {
 	})
 
 	unmountQcow2fs(t, mnt, k.Dir)
-	assertSameHashes(t, before, hashTree(t, k.Dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, k.Dir))
 }
 
 // TestReadOnlyRefusesWrites: on a --ro mount every way of opening for
@@ -114,7 +116,7 @@ func TestReadOnlyRefusesWrites(t *testing.T) {
 	mnt := mkdir(t, dir, "mnt")
 	img := k.Path("ro")
 	plain("", 64<<10, 4<<20)(k, img)
-	before := hashTree(t, k.Dir)
+	before := testenv.HashTree(t, k.Dir)
 
 	mountQcow2fs(t, mnt, []string{"--ro"}, img)
 	file := filepath.Join(mnt, "ro.raw")
@@ -137,7 +139,7 @@ func TestReadOnlyRefusesWrites(t *testing.T) {
 		t.Errorf("creating a file in the mount succeeded")
 	}
 	unmountQcow2fs(t, mnt, k.Dir)
-	assertSameHashes(t, before, hashTree(t, k.Dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, k.Dir))
 }
 
 // snapshotOracle writes the disk of internal snapshot snap of img to out and

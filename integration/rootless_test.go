@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
 
@@ -211,7 +213,7 @@ func TestRootlessPartitionFuse2fs(t *testing.T) {
 	img := filepath.Join(home, "vm.qcow2")
 	run(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", disk, img)
 	chown(t, img, u.Uid, u.Gid)
-	before := hashTree(t, img)
+	before := testenv.HashTree(t, img)
 	m := filepath.Join(home, "m")
 	root := filepath.Join(home, "root")
 	for _, d := range []string{m, root} {
@@ -241,7 +243,7 @@ func TestRootlessPartitionFuse2fs(t *testing.T) {
 	if r := asUserEnv(u, "", bin, "unmount", m); r.Code != 0 {
 		t.Fatalf("unmount as %s: %s", u, r)
 	}
-	assertSameHashes(t, before, hashTree(t, img))
+	testenv.SameHashes(t, before, testenv.HashTree(t, img))
 }
 
 // TestRootlessRefusals: the refusals a user meets name their cause: no

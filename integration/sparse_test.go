@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
 
 	"golang.org/x/sys/unix"
@@ -45,7 +47,7 @@ func TestSparseHugeImage(t *testing.T) {
 	qemuIO(t, img, cmds...)
 	oracle := filepath.Join(dir, "huge-oracle.raw")
 	qemuToRaw(t, img, "", oracle)
-	before := hashTree(t, k.Dir)
+	before := testenv.HashTree(t, k.Dir)
 
 	// Mount by a relative path: /proc/mounts must still show the absolute one.
 	rel, err := filepath.Rel(mustGetwd(t), img)
@@ -141,7 +143,7 @@ func TestSparseHugeImage(t *testing.T) {
 
 	f.Close()
 	unmountQcow2fs(t, mnt, k.Dir)
-	assertSameHashes(t, before, hashTree(t, k.Dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, k.Dir))
 }
 
 func mustGetwd(t *testing.T) string {

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 // brokenCase makes a damaged image in dir and returns its path.
@@ -351,7 +353,7 @@ func TestCorruptBitReadOnly(t *testing.T) {
 	p := goodImage(t, dir, "disk.qcow2", "")
 	patchFile(t, p, hdrIncompat, be64(IncompatCorrupt))
 	raw := convertToRaw(t, p, t.TempDir())
-	before := fileHashes(t, dir)
+	before := testenv.HashTree(t, dir)
 
 	var warned []string
 	img, err := Open(p, OpenOptions{ReadOnly: true, Warn: func(m string) { warned = append(warned, m) }})
@@ -366,7 +368,7 @@ func TestCorruptBitReadOnly(t *testing.T) {
 	if len(warned) == 0 || !strings.Contains(warned[0], "corrupt") || !strings.Contains(warned[0], p) {
 		t.Errorf("want a warning naming the file and the corrupt bit, got %q", warned)
 	}
-	checkHashesUnchanged(t, before, fileHashes(t, dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, dir))
 
 	img, err = Open(p, OpenOptions{})
 	if err == nil {

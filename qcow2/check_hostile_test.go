@@ -8,7 +8,6 @@ package qcow2
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,24 +43,6 @@ func newHostile(t *testing.T, path string) *hostile {
 		h.table = int64(h.u64(h.dir))
 	}
 	return h
-}
-
-// qemuCheckVerdict runs qemu-img check (human output) and returns its exit
-// code and everything it printed.
-func qemuCheckVerdict(t *testing.T, path string, extra ...string) (int, string) {
-	t.Helper()
-	cmd := exec.Command("qemu-img", append(append([]string{"check"}, extra...), path)...)
-	cmd.Dir = filepath.Dir(path)
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return 0, string(out)
-	case errors.As(err, &ee):
-		return ee.ExitCode(), string(out)
-	}
-	t.Fatalf("qemu-img check %s: %v", path, err)
-	return 0, ""
 }
 
 // ourCheckVerdict runs Check and returns the exit code qcow2fs check would
@@ -225,9 +206,9 @@ func hostileBase(t *testing.T, dir, kind string) string {
 		// 4 KiB clusters, granularity 512: a 4-entry bitmap table whose
 		// entries 0 and 2 hold data clusters.
 		mtQemuCreate(t, path, 64<<20, "cluster_size=4096")
-		mtRun(t, dir, "qemu-img", "bitmap", "--add", "-g", "512", path, "b0")
+		runCombined(t, dir, "qemu-img", "bitmap", "--add", "-g", "512", path, "b0")
 		if kind == "bitmap2" {
-			mtRun(t, dir, "qemu-img", "bitmap", "--add", "-g", "4096", path, "b1")
+			runCombined(t, dir, "qemu-img", "bitmap", "--add", "-g", "4096", path, "b1")
 		}
 		mtIO(t, path, "write -P 1 0 64k", "write -P 2 32M 64k")
 	default:
@@ -278,7 +259,7 @@ func TestCheckHostileVsQEMU(t *testing.T) {
 			if code != 0 {
 				t.Errorf("repair: exit code %d (QEMU's repair ends clean)\n%.3000s", code, out)
 			}
-			mtClean(t, path)
+			qemuCheckClean(t, path)
 		})
 	}
 }

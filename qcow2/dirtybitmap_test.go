@@ -42,14 +42,6 @@ func qemuBitmaps(t testing.TB, path string) []qemuBitmap {
 	return info.FormatSpecific.Data.Bitmaps
 }
 
-// qemuCheckClean runs qemu-img check and fails the test unless it exits 0.
-func qemuCheckClean(t testing.TB, path string) {
-	t.Helper()
-	if out, err := tryCmd(filepath.Dir(path), "qemu-img", "check", path); err != nil {
-		t.Fatalf("qemu-img check of %s not clean: %v\n%s", path, err, out)
-	}
-}
-
 // qemuDirty asks QEMU (qemu-storage-daemon exporting the bitmap over NBD,
 // read by qemu-img map) which ranges bitmap name marks dirty.
 func qemuDirty(t testing.TB, path, name string) []span {
@@ -342,7 +334,7 @@ func TestBitmapCrashInUse(t *testing.T) {
 	qemuImg(t, dir, "bitmap", "--add", p, "b0")
 	qemuImg(t, dir, "bitmap", "--add", p, "b1")
 	// Read-only opens never touch the bitmaps.
-	before := fileHashes(t, dir)
+	before := testenv.HashTree(t, dir)
 	ro, err := Open(p, OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
@@ -351,7 +343,7 @@ func TestBitmapCrashInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	ro.Close()
-	checkHashesUnchanged(t, before, fileHashes(t, dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, dir))
 
 	img, err := Open(p, OpenOptions{})
 	if err != nil {

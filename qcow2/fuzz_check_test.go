@@ -91,12 +91,12 @@ func fuzzCheckSeeds(t *testing.T) map[string][]byte {
 		mtIO(t, p, "write -P 1 0 512", "write -z 8k 4k", "write -P 2 512k 512")
 	})
 	bitmap := base("bitmap", "cluster_size=512", func(p string) {
-		mtRun(t, dir, "qemu-img", "bitmap", "--add", "-g", "512", p, "b0")
+		runCombined(t, dir, "qemu-img", "bitmap", "--add", "-g", "512", p, "b0")
 		mtIO(t, p, "write -P 1 0 512", "write -P 2 512k 512")
 	})
 	base("snapshots", "cluster_size=512", func(p string) {
 		mtIO(t, p, "write -P 1 0 1k")
-		mtRun(t, dir, "qemu-img", "snapshot", "-c", "s1", p)
+		runCombined(t, dir, "qemu-img", "snapshot", "-c", "s1", p)
 		mtIO(t, p, "write -P 2 0 512", "write -c -P 3 64k 512")
 	})
 	base("lazy-dirty", "cluster_size=512,lazy_refcounts=on", func(p string) {

@@ -8,11 +8,9 @@ package qcow2
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"io"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -65,23 +63,6 @@ func snapshotEntries(t *testing.T, path string) []int64 {
 		off += (snapshotHeaderLen + body + 7) &^ 7
 	}
 	return out
-}
-
-// exitCode runs a command and returns its exit status (-1 if it did not run).
-func exitCode(t *testing.T, dir, name string, args ...string) (int, string) {
-	t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return 0, string(out)
-	case errors.As(err, &ee):
-		return ee.ExitCode(), string(out)
-	}
-	t.Fatalf("%s: %v", name, err)
-	return -1, ""
 }
 
 func copyFile(t *testing.T, from, to string) {

@@ -146,13 +146,13 @@ func TestCheckClean(t *testing.T) {
 		}},
 		{"snapshots", "", func(t *testing.T, p string) {
 			writes(t, p)
-			mtRun(t, filepath.Dir(p), "qemu-img", "snapshot", "-c", "a", p)
+			runCombined(t, filepath.Dir(p), "qemu-img", "snapshot", "-c", "a", p)
 			mtIO(t, p, "write -P 9 0 8k")
-			mtRun(t, filepath.Dir(p), "qemu-img", "snapshot", "-c", "b", p)
+			runCombined(t, filepath.Dir(p), "qemu-img", "snapshot", "-c", "b", p)
 		}},
 		{"bitmaps", "", func(t *testing.T, p string) {
 			writes(t, p)
-			mtRun(t, filepath.Dir(p), "qemu-img", "bitmap", "--add", p, "bm0")
+			runCombined(t, filepath.Dir(p), "qemu-img", "bitmap", "--add", p, "bm0")
 			mtIO(t, p, "write -P 7 3M 64k")
 		}},
 		{"datafile", "data_file=img.data", writes},
@@ -175,7 +175,7 @@ func TestCheckClean(t *testing.T) {
 			if err != nil || r.Corruptions+r.Leaks+r.CorruptionsFixed+r.LeaksFixed != 0 {
 				t.Fatalf("repair of a clean image: %+v, %v", r, err)
 			}
-			mtClean(t, path)
+			qemuCheckClean(t, path)
 		})
 	}
 }
@@ -257,7 +257,7 @@ func TestCheckCorrupted(t *testing.T) {
 			path := mtQemuCreate(t, filepath.Join(dir, "img.qcow2"), 4<<20, "")
 			mtIO(t, path, "write -P 1 0 64k", "write -P 2 64k 64k", "write -P 3 128k 64k", "write -P 4 192k 64k", "write -P 5 1M 64k")
 			if c.snap {
-				mtRun(t, dir, "qemu-img", "snapshot", "-c", "s", path)
+				runCombined(t, dir, "qemu-img", "snapshot", "-c", "s", path)
 				mtIO(t, path, "write -P 6 64k 64k") // cluster 1 copied, 0,2,3 shared
 			}
 			before := mtRaw(t, path)
@@ -298,7 +298,7 @@ func TestCheckCorrupted(t *testing.T) {
 			if after.Corruptions+after.Leaks == 0 {
 				// The repaired image takes writes (COPIED flags right).
 				mtIO(t, path, "write -P 8 0 256k")
-				mtClean(t, path)
+				qemuCheckClean(t, path)
 			}
 		})
 	}
@@ -333,7 +333,7 @@ func TestCheckDirty(t *testing.T) {
 	if h := mtOpenFile(t, path).h; h.IncompatibleFeatures&IncompatDirty != 0 {
 		t.Fatal("dirty bit still set after repair")
 	}
-	mtClean(t, path)
+	qemuCheckClean(t, path)
 	mtSameBytes(t, "content after repair", mtRaw(t, path), want)
 }
 
@@ -359,7 +359,7 @@ func TestCheckCorruptBit(t *testing.T) {
 	if h := mtOpenFile(t, path).h; h.IncompatibleFeatures&IncompatCorrupt != 0 {
 		t.Fatal("corrupt bit still set after repair")
 	}
-	mtClean(t, path)
+	qemuCheckClean(t, path)
 }
 
 // TestCheckLocking: a plain check takes the reader locks (refused while
@@ -402,7 +402,7 @@ func TestMaintenanceOnDamagedImages(t *testing.T) {
 	dir := t.TempDir()
 	orig := mtQemuCreate(t, filepath.Join(dir, "orig.qcow2"), 2<<20, "cluster_size=4096")
 	mtIO(t, orig, "write -P 1 0 64k", "write -c -P 2 64k 64k", "write -P 3 1M 8k")
-	mtRun(t, dir, "qemu-img", "snapshot", "-c", "s", orig)
+	runCombined(t, dir, "qemu-img", "snapshot", "-c", "s", orig)
 	mtIO(t, orig, "write -P 4 0 8k")
 	data, err := os.ReadFile(orig)
 	if err != nil {
@@ -523,7 +523,7 @@ func TestCheckRandomDamageVsQEMU(t *testing.T) {
 	dir := t.TempDir()
 	orig := mtQemuCreate(t, filepath.Join(dir, "orig.qcow2"), 2<<20, "cluster_size=4096")
 	mtIO(t, orig, "write -P 1 0 64k", "write -c -P 2 64k 64k", "write -P 3 1M 8k")
-	mtRun(t, dir, "qemu-img", "snapshot", "-c", "s", orig)
+	runCombined(t, dir, "qemu-img", "snapshot", "-c", "s", orig)
 	mtIO(t, orig, "write -P 4 0 8k", "write -z 1M 4k")
 	data, err := os.ReadFile(orig)
 	if err != nil {
@@ -572,7 +572,7 @@ func TestCheckRandomRepairVsQEMU(t *testing.T) {
 	dir := t.TempDir()
 	orig := mtQemuCreate(t, filepath.Join(dir, "orig.qcow2"), 2<<20, "cluster_size=4096")
 	mtIO(t, orig, "write -P 1 0 64k", "write -c -P 2 64k 64k", "write -P 3 1M 8k")
-	mtRun(t, dir, "qemu-img", "snapshot", "-c", "s", orig)
+	runCombined(t, dir, "qemu-img", "snapshot", "-c", "s", orig)
 	mtIO(t, orig, "write -P 4 0 8k", "write -z 1M 4k")
 	data, err := os.ReadFile(orig)
 	if err != nil {

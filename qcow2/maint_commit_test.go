@@ -74,7 +74,7 @@ func TestCommit(t *testing.T) {
 			mtIO(t, top, w+" -P 0x55 0 64k", "write -P 0x56 100000 5000", "write -z 512k 128k",
 				fmt.Sprintf("write -P 0x57 %d 4096", c.topSize-4096))
 			if c.snap {
-				mtRun(t, dir, "qemu-img", "snapshot", "-c", "s", top)
+				runCombined(t, dir, "qemu-img", "snapshot", "-c", "s", top)
 				mtIO(t, top, "write -P 0x58 8k 8k")
 			}
 			var snapBefore []byte
@@ -83,7 +83,7 @@ func TestCommit(t *testing.T) {
 			}
 			want := mtRaw(t, top)
 			qdir := mtCopyDir(t, dir)
-			mtRun(t, qdir, "qemu-img", "commit", "-q", "top.qcow2")
+			runCombined(t, qdir, "qemu-img", "commit", "-q", "top.qcow2")
 
 			var reports int
 			if err := Commit(top, MaintenanceOptions{Progress: func(done, total int64) { reports++ }}); err != nil {
@@ -92,9 +92,9 @@ func TestCommit(t *testing.T) {
 			if reports == 0 {
 				t.Error("no progress reported")
 			}
-			mtClean(t, top)
+			qemuCheckClean(t, top)
 			if bfmt == "qcow2" {
-				mtClean(t, filepath.Join(dir, bfile))
+				qemuCheckClean(t, filepath.Join(dir, bfile))
 			}
 			mtSameBytes(t, "top after commit", mtRaw(t, top), want)
 			mtSameBytes(t, "top after commit (ours)", mtOurs(t, top), want)
@@ -149,7 +149,7 @@ func TestCommitRefusals(t *testing.T) {
 		t.Errorf("commit into a backing file in use: %v", err)
 	}
 	other.Close()
-	mtClean(t, top)
+	qemuCheckClean(t, top)
 	if got := mtRaw(t, filepath.Join(dir, "base.qcow2")); !bytes.Equal(got, make([]byte, 1<<20)) {
 		t.Error("backing file changed by a refused commit")
 	}
@@ -204,12 +204,12 @@ func TestRebase(t *testing.T) {
 			if c.unsafe {
 				qargs = append(qargs, "-u")
 			}
-			mtRun(t, qdir, "qemu-img", append(qargs, "top.qcow2")...)
+			runCombined(t, qdir, "qemu-img", append(qargs, "top.qcow2")...)
 
 			if err := Rebase(top, c.newBacking, c.newFormat, c.unsafe); err != nil {
 				t.Fatalf("Rebase: %v", err)
 			}
-			mtClean(t, top)
+			qemuCheckClean(t, top)
 			in := mtQemuInfo(t, top)
 			if in.BackingFile != c.newBacking {
 				t.Errorf("backing file %q, want %q", in.BackingFile, c.newBacking)
@@ -229,7 +229,7 @@ func TestRebase(t *testing.T) {
 			}
 			// The header still opens everywhere and takes writes.
 			mtIO(t, top, "write -P 0x30 0 4k")
-			mtClean(t, top)
+			qemuCheckClean(t, top)
 		})
 	}
 }
@@ -251,7 +251,7 @@ func TestRebaseRefusals(t *testing.T) {
 			t.Errorf("%s: error %q does not name the file", name, err)
 		}
 	}
-	mtClean(t, top)
+	qemuCheckClean(t, top)
 	if in := mtQemuInfo(t, top); in.BackingFile != "" {
 		t.Fatalf("refused rebase left backing file %q", in.BackingFile)
 	}

@@ -15,19 +15,6 @@ import (
 	"testing"
 )
 
-// mtRun runs a command in dir (the image's directory) and returns its
-// combined output, failing the test on a non-zero exit.
-func mtRun(t testing.TB, dir, name string, args ...string) string {
-	t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s (in %s): %v\n%s", name, strings.Join(args, " "), dir, err, out)
-	}
-	return string(out)
-}
-
 // mtQemuCheck is `qemu-img check --output=json` on path.
 type mtQemuCheckResult struct {
 	Corruptions       int   `json:"corruptions"`
@@ -55,23 +42,12 @@ func mtQemuCheck(t testing.TB, path string, extra ...string) mtQemuCheckResult {
 	return r
 }
 
-// mtClean fails unless qemu-img check finds the image clean.
-func mtClean(t testing.TB, path string) {
-	t.Helper()
-	cmd := exec.Command("qemu-img", "check", path)
-	cmd.Dir = filepath.Dir(path) // QEMU 7.2 opens relative data file names from the cwd
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("qemu-img check %s: %v\n%s", path, err, out)
-	}
-}
-
 // mtRaw returns the guest content as qemu-img reads it (extra: e.g. -l).
 func mtRaw(t testing.TB, path string, extra ...string) []byte {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "content.raw")
 	args := append([]string{"convert", "-U"}, extra...)
-	mtRun(t, filepath.Dir(path), "qemu-img", append(args, "-O", "raw", path, out)...)
+	runCombined(t, filepath.Dir(path), "qemu-img", append(args, "-O", "raw", path, out)...)
 	b, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
@@ -123,7 +99,7 @@ func mtIO(t testing.TB, path string, cmds ...string) {
 	for _, c := range cmds {
 		args = append(args, "-c", c)
 	}
-	out := mtRun(t, filepath.Dir(path), "qemu-io", append(args, path)...)
+	out := runCombined(t, filepath.Dir(path), "qemu-io", append(args, path)...)
 	if strings.Contains(out, "Pattern verification failed") || strings.Contains(out, "failed") {
 		t.Fatalf("qemu-io %v on %s:\n%s", cmds, path, out)
 	}
@@ -137,7 +113,7 @@ func mtQemuCreate(t testing.TB, path string, size int64, opts string, extra ...s
 		args = append(args, "-o", opts)
 	}
 	args = append(args, extra...)
-	mtRun(t, filepath.Dir(path), "qemu-img", append(args, path, fmt.Sprint(size))...)
+	runCombined(t, filepath.Dir(path), "qemu-img", append(args, path, fmt.Sprint(size))...)
 	return path
 }
 
@@ -169,7 +145,7 @@ type mtInfo struct {
 
 func mtQemuInfo(t testing.TB, path string) mtInfo {
 	t.Helper()
-	out := mtRun(t, filepath.Dir(path), "qemu-img", "info", "-U", "--output=json", path)
+	out := runCombined(t, filepath.Dir(path), "qemu-img", "info", "-U", "--output=json", path)
 	var in mtInfo
 	if err := json.Unmarshal([]byte(out), &in); err != nil {
 		t.Fatalf("qemu-img info %s: %v\n%s", path, err, out)
@@ -187,7 +163,7 @@ type mtMapEntry struct {
 
 func mtMap(t testing.TB, path string) []mtMapEntry {
 	t.Helper()
-	out := mtRun(t, filepath.Dir(path), "qemu-img", "map", "-U", "--output=json", path)
+	out := runCombined(t, filepath.Dir(path), "qemu-img", "map", "-U", "--output=json", path)
 	var m []mtMapEntry
 	if err := json.Unmarshal([]byte(out), &m); err != nil {
 		t.Fatalf("qemu-img map %s: %v\n%s", path, err, out)
@@ -244,7 +220,7 @@ func TestCreateMatrix(t *testing.T) {
 			if err := Create(path, c.o); err != nil {
 				t.Fatalf("Create: %v", err)
 			}
-			mtClean(t, path)
+			qemuCheckClean(t, path)
 			o := c.o
 			_ = o.normalize(path)
 			wantSize := int64(size+511) &^ 511
@@ -292,7 +268,7 @@ func TestCreateMatrix(t *testing.T) {
 			mtSameBytes(t, "our view of the new image", mtOurs(t, path), want)
 			// QEMU writes into it; both read it back the same.
 			mtIO(t, path, "write -P 0xab 65536 70000", "read -P 0xab 65536 70000", "write -z 2M 512")
-			mtClean(t, path)
+			qemuCheckClean(t, path)
 			mtSameBytes(t, "our view after qemu-io writes", mtOurs(t, path), mtRaw(t, path))
 			// And our writer too.
 			img, err := Open(path, OpenOptions{})
@@ -305,7 +281,7 @@ func TestCreateMatrix(t *testing.T) {
 			if err := img.Close(); err != nil {
 				t.Fatal(err)
 			}
-			mtClean(t, path)
+			qemuCheckClean(t, path)
 			mtSameBytes(t, "our view after our writes", mtOurs(t, path), mtRaw(t, path))
 		})
 	}
@@ -320,19 +296,19 @@ func TestCreateLongTableRuns(t *testing.T) {
 	if err := Create(path, CreateOptions{Size: 1 << 30, ClusterSize: 512, RefcountBits: 64}); err != nil {
 		t.Fatal(err)
 	}
-	mtClean(t, path)
+	qemuCheckClean(t, path)
 	mtIO(t, path, "write -P 1 0 64k", "write -P 2 1023M 1M", "read -P 2 1023M 1M")
-	mtClean(t, path)
+	qemuCheckClean(t, path)
 	if err := Resize(path, 3<<30, false); err != nil {
 		t.Fatal(err)
 	}
-	mtClean(t, path)
+	qemuCheckClean(t, path)
 	if err := SnapshotCreate(path, "s"); err != nil {
 		t.Fatal(err)
 	}
-	mtClean(t, path)
+	qemuCheckClean(t, path)
 	mtIO(t, path, "write -P 3 3071M 1M", "read -P 2 1023M 1M", "read -P 3 3071M 1M")
-	mtClean(t, path)
+	qemuCheckClean(t, path)
 }
 
 func TestCreateValidation(t *testing.T) {

@@ -53,14 +53,14 @@ func TestResize(t *testing.T) {
 			mtIO(t, path, "write -P 0x11 0 300k", fmt.Sprintf("write -P 0x12 %d 4096", c.size-4096), "write -z 512k 64k")
 			var snapContent []byte
 			if c.snap {
-				mtRun(t, dir, "qemu-img", "snapshot", "-c", "s", path)
+				runCombined(t, dir, "qemu-img", "snapshot", "-c", "s", path)
 				snapContent = mtRaw(t, path)
 				mtIO(t, path, "write -P 0x13 0 8k")
 			}
 			orig := mtRaw(t, path)
 			check := func(what string, size int64, want []byte) {
 				t.Helper()
-				mtClean(t, path)
+				qemuCheckClean(t, path)
 				if in := mtQemuInfo(t, path); in.VirtualSize != size {
 					t.Fatalf("%s: qemu-img info virtual size %d, want %d", what, in.VirtualSize, size)
 				}
@@ -76,7 +76,7 @@ func TestResize(t *testing.T) {
 			if err := Resize(path, c.grow, false); err != nil {
 				t.Fatalf("Resize grow: %v", err)
 			}
-			mtRun(t, dir, "qemu-img", "resize", "-q", theirs, fmt.Sprint(c.grow))
+			runCombined(t, dir, "qemu-img", "resize", "-q", theirs, fmt.Sprint(c.grow))
 			want := mtRaw(t, theirs)
 			check("after grow", c.grow, want)
 			if c.backing == 0 {
@@ -113,7 +113,7 @@ func TestResize(t *testing.T) {
 				if err := SnapshotApply(path, "s"); err != nil {
 					t.Fatal(err)
 				}
-				mtClean(t, path)
+				qemuCheckClean(t, path)
 				mtSameBytes(t, "snapshot applied", mtRaw(t, path), snapContent)
 			}
 		})
@@ -124,7 +124,7 @@ func TestResizeRefusals(t *testing.T) {
 	needQEMU(t)
 	dir := t.TempDir()
 	path := mtQemuCreate(t, filepath.Join(dir, "v2.qcow2"), 1<<20, "compat=0.10")
-	mtRun(t, dir, "qemu-img", "snapshot", "-c", "s", path)
+	runCombined(t, dir, "qemu-img", "snapshot", "-c", "s", path)
 	for name, err := range map[string]error{
 		"v2 with snapshots":    Resize(path, 2<<20, false),
 		"unaligned size":       Resize(path, 2<<20+1, false),
@@ -138,7 +138,7 @@ func TestResizeRefusals(t *testing.T) {
 			t.Errorf("%s: error %q does not name the file", name, err)
 		}
 	}
-	mtClean(t, path)
+	qemuCheckClean(t, path)
 	// An image in use is refused.
 	p2 := mtQemuCreate(t, filepath.Join(dir, "busy.qcow2"), 1<<20, "")
 	img, err := Open(p2, OpenOptions{})
@@ -194,6 +194,6 @@ func TestAllocRun(t *testing.T) {
 		if err != nil || c.LeaksFixed != int(total) || c.Leaks != 0 {
 			t.Fatalf("repair: %+v %v", c, err)
 		}
-		mtClean(t, path)
+		qemuCheckClean(t, path)
 	}
 }

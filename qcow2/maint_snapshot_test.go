@@ -66,15 +66,15 @@ func TestSnapshotCreate(t *testing.T) {
 			if err := SnapshotCreate(path, "first"); err != nil {
 				t.Fatalf("SnapshotCreate: %v", err)
 			}
-			mtClean(t, path)
+			qemuCheckClean(t, path)
 			// QEMU overwrites (COW of shared clusters), then a second one.
 			mtIO(t, path, "write -P 0x31 0 4k", "write -P 0x32 600k 8k", "discard 512k 64k")
-			mtClean(t, path)
+			qemuCheckClean(t, path)
 			at2 := mtRaw(t, path)
 			if err := SnapshotCreate(path, "second"); err != nil {
 				t.Fatalf("SnapshotCreate: %v", err)
 			}
-			mtClean(t, path)
+			qemuCheckClean(t, path)
 			// Our writer overwrites shared clusters.
 			img, err := Open(path, OpenOptions{})
 			if err != nil {
@@ -90,11 +90,11 @@ func TestSnapshotCreate(t *testing.T) {
 			if err := img.Close(); err != nil {
 				t.Fatal(err)
 			}
-			mtClean(t, path)
+			qemuCheckClean(t, path)
 			if len(snaps) != 2 || snaps[0].ID != "1" || snaps[0].Name != "first" || snaps[1].ID != "2" || snaps[1].Name != "second" {
 				t.Fatalf("Snapshots() = %+v", snaps)
 			}
-			list := mtRun(t, filepath.Dir(path), "qemu-img", "snapshot", "-l", path)
+			list := runCombined(t, filepath.Dir(path), "qemu-img", "snapshot", "-l", path)
 			if !strings.Contains(list, "first") || !strings.Contains(list, "second") {
 				t.Fatalf("qemu-img snapshot -l:\n%s", list)
 			}
@@ -102,12 +102,12 @@ func TestSnapshotCreate(t *testing.T) {
 			mtSameBytes(t, "snapshot second (qemu-img convert -l)", mtRaw(t, path, "-l", "snapshot.name=second"), at2)
 			mtSameBytes(t, "active state", mtOurs(t, path), mtRaw(t, path))
 			// QEMU can apply and delete our snapshots.
-			mtRun(t, filepath.Dir(path), "qemu-img", "snapshot", "-a", "first", path)
-			mtClean(t, path)
+			runCombined(t, filepath.Dir(path), "qemu-img", "snapshot", "-a", "first", path)
+			qemuCheckClean(t, path)
 			mtSameBytes(t, "after qemu-img snapshot -a first", mtRaw(t, path), at1)
-			mtRun(t, filepath.Dir(path), "qemu-img", "snapshot", "-d", "second", path)
-			mtRun(t, filepath.Dir(path), "qemu-img", "snapshot", "-d", "first", path)
-			mtClean(t, path)
+			runCombined(t, filepath.Dir(path), "qemu-img", "snapshot", "-d", "second", path)
+			runCombined(t, filepath.Dir(path), "qemu-img", "snapshot", "-d", "first", path)
+			qemuCheckClean(t, path)
 		})
 	}
 }
@@ -122,7 +122,7 @@ func TestSnapshotEntryLikeQEMU(t *testing.T) {
 	if err := SnapshotCreate(ours, "snap"); err != nil {
 		t.Fatal(err)
 	}
-	mtRun(t, dir, "qemu-img", "snapshot", "-c", "snap", theirs)
+	runCombined(t, dir, "qemu-img", "snapshot", "-c", "snap", theirs)
 	entry := func(path string) snapshot {
 		img, err := Open(path, OpenOptions{ReadOnly: true})
 		if err != nil {
@@ -156,40 +156,40 @@ func TestSnapshotApplyDelete(t *testing.T) {
 			path := mtMakeSnapImage(t, c)
 			dir := filepath.Dir(path)
 			at1 := mtRaw(t, path)
-			mtRun(t, dir, "qemu-img", "snapshot", "-c", "s1", path)
+			runCombined(t, dir, "qemu-img", "snapshot", "-c", "s1", path)
 			mtIO(t, path, "write -P 0x51 0 8k", "write -P 0x52 1536k 64k", "write -z 512k 4k")
 			at2 := mtRaw(t, path)
-			mtRun(t, dir, "qemu-img", "snapshot", "-c", "s2", path)
+			runCombined(t, dir, "qemu-img", "snapshot", "-c", "s2", path)
 			mtIO(t, path, "write -P 0x61 4k 64k")
 			now := mtRaw(t, path)
 
 			if err := SnapshotApply(path, "s1"); err != nil {
 				t.Fatalf("SnapshotApply: %v", err)
 			}
-			mtClean(t, path)
+			qemuCheckClean(t, path)
 			mtSameBytes(t, "after apply s1 (qemu)", mtRaw(t, path), at1)
 			mtSameBytes(t, "after apply s1 (ours)", mtOurs(t, path), at1)
 			_ = now
 			// Writes after the apply must not leak into the snapshots.
 			mtIO(t, path, "write -P 0x71 0 128k")
-			mtClean(t, path)
+			qemuCheckClean(t, path)
 			mtSameBytes(t, "s1 after writes", mtRaw(t, path, "-l", "snapshot.name=s1"), at1)
 			mtSameBytes(t, "s2 after writes", mtRaw(t, path, "-l", "snapshot.name=s2"), at2)
 
 			if err := SnapshotDelete(path, "s1"); err != nil {
 				t.Fatalf("SnapshotDelete s1: %v", err)
 			}
-			mtClean(t, path)
+			qemuCheckClean(t, path)
 			mtSameBytes(t, "s2 after deleting s1", mtRaw(t, path, "-l", "snapshot.name=s2"), at2)
 			if err := SnapshotApply(path, "2"); err != nil { // by ID
 				t.Fatalf("SnapshotApply by ID: %v", err)
 			}
-			mtClean(t, path)
+			qemuCheckClean(t, path)
 			mtSameBytes(t, "after apply s2", mtRaw(t, path), at2)
 			if err := SnapshotDelete(path, "s2"); err != nil {
 				t.Fatalf("SnapshotDelete s2: %v", err)
 			}
-			mtClean(t, path)
+			qemuCheckClean(t, path)
 			mtSameBytes(t, "after deleting every snapshot", mtRaw(t, path), at2)
 			if in := mtQemuInfo(t, path); len(in.Snapshots) != 0 {
 				t.Fatalf("snapshots left: %+v", in.Snapshots)
@@ -219,11 +219,11 @@ func TestSnapshotApplyRestoresSize(t *testing.T) {
 		t.Fatal(err)
 	}
 	mtIO(t, path, "write -P 0x20 60M 1M", "write -P 0x21 0 4k")
-	mtClean(t, path)
+	qemuCheckClean(t, path)
 	if err := SnapshotApply(path, "small"); err != nil {
 		t.Fatal(err)
 	}
-	mtClean(t, path)
+	qemuCheckClean(t, path)
 	if in := mtQemuInfo(t, path); in.VirtualSize != 2<<20 {
 		t.Fatalf("virtual size after apply = %d", in.VirtualSize)
 	}
@@ -237,7 +237,7 @@ func TestSnapshotApplyRestoresSize(t *testing.T) {
 	if err := SnapshotDelete(path, "small"); err != nil {
 		t.Fatal(err)
 	}
-	mtClean(t, path)
+	qemuCheckClean(t, path)
 }
 
 // TestSnapshotRefcountOverflow: with 2-bit refcounts a cluster can be
@@ -254,12 +254,12 @@ func TestSnapshotRefcountOverflow(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mtClean(t, path)
+	qemuCheckClean(t, path)
 	err := SnapshotCreate(path, "c")
 	if err == nil || !strings.Contains(err.Error(), "refcount") {
 		t.Fatalf("third snapshot with 2-bit refcounts: %v", err)
 	}
-	mtClean(t, path)
+	qemuCheckClean(t, path)
 	if in := mtQemuInfo(t, path); len(in.Snapshots) != 2 {
 		t.Fatalf("%d snapshots after the refused create", len(in.Snapshots))
 	}
@@ -330,13 +330,13 @@ func TestMaintenanceKeepsBitmaps(t *testing.T) {
 	mtIO(t, base, "write -P 1 0 1M")
 	path := mtQemuCreate(t, filepath.Join(dir, "img.qcow2"), 4<<20, "", "-b", "base.qcow2", "-F", "qcow2")
 	mtIO(t, path, "write -P 2 64k 64k")
-	mtRun(t, dir, "qemu-img", "bitmap", "--add", path, "bm0")
-	mtRun(t, dir, "qemu-img", "bitmap", "--add", base, "bmb")
+	runCombined(t, dir, "qemu-img", "bitmap", "--add", path, "bm0")
+	runCombined(t, dir, "qemu-img", "bitmap", "--add", base, "bmb")
 	mtIO(t, path, "write -P 3 1M 64k")
 	hasBitmap := func(t *testing.T, p, name string) {
 		t.Helper()
-		mtClean(t, p)
-		out := mtRun(t, dir, "qemu-img", "info", p)
+		qemuCheckClean(t, p)
+		out := runCombined(t, dir, "qemu-img", "info", p)
 		if !strings.Contains(out, name) {
 			t.Fatalf("bitmap %s gone from %s:\n%s", name, p, out)
 		}
@@ -375,7 +375,7 @@ func TestSnapshotEmptyImage(t *testing.T) {
 	if err := Create(path, CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	mtClean(t, path)
+	qemuCheckClean(t, path)
 	for _, step := range []func() error{
 		func() error { return SnapshotCreate(path, "zero") },
 		func() error { return Resize(path, 1<<20, false) },
@@ -387,13 +387,13 @@ func TestSnapshotEmptyImage(t *testing.T) {
 		if err := step(); err != nil {
 			t.Fatal(err)
 		}
-		mtClean(t, path)
+		qemuCheckClean(t, path)
 	}
 	if in := mtQemuInfo(t, path); in.VirtualSize != 1<<20 || len(in.Snapshots) != 1 {
 		t.Fatalf("info: %+v", in)
 	}
 	mtIO(t, path, "write -P 1 0 4k")
-	mtClean(t, path)
+	qemuCheckClean(t, path)
 }
 
 // TestSnapshotRandomSequence drives an image through a random mix of
@@ -460,7 +460,7 @@ func TestSnapshotRandomSequence(t *testing.T) {
 						}
 					} else {
 						what = "qemu create " + name
-						mtRun(t, dir, "qemu-img", "snapshot", "-c", name, path)
+						runCombined(t, dir, "qemu-img", "snapshot", "-c", name, path)
 					}
 					snaps[name] = append([]byte(nil), active...)
 					names = append(names, name)
@@ -473,7 +473,7 @@ func TestSnapshotRandomSequence(t *testing.T) {
 						}
 					} else {
 						what = "qemu apply " + name
-						mtRun(t, dir, "qemu-img", "snapshot", "-a", name, path)
+						runCombined(t, dir, "qemu-img", "snapshot", "-a", name, path)
 					}
 					active = append([]byte(nil), snaps[name]...)
 				case op < 8 && len(names) > 0: // delete
@@ -485,7 +485,7 @@ func TestSnapshotRandomSequence(t *testing.T) {
 						}
 					} else {
 						what = "qemu delete " + name
-						mtRun(t, dir, "qemu-img", "snapshot", "-d", name, path)
+						runCombined(t, dir, "qemu-img", "snapshot", "-d", name, path)
 					}
 					drop(name)
 				default: // resize
@@ -496,7 +496,7 @@ func TestSnapshotRandomSequence(t *testing.T) {
 					}
 					active = mtResized(active, ns)
 				}
-				mtClean(t, path)
+				qemuCheckClean(t, path)
 				mtSameBytes(t, fmt.Sprintf("step %d (%s): active", step, what), mtRaw(t, path), active)
 				if step%5 == 4 || step == 44 {
 					mtSameBytes(t, fmt.Sprintf("step %d (%s): active (ours)", step, what), mtOurs(t, path), active)

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 const (
@@ -424,7 +426,7 @@ func TestOracleImages(t *testing.T) {
 
 // checkImage runs every comparison on one built image.
 func checkImage(t *testing.T, c oracleCase, dir, path string) {
-	before := fileHashes(t, dir)
+	before := testenv.HashTree(t, dir)
 	out := t.TempDir()
 	raw := convertToRaw(t, path, out)
 	snapL, snapA := map[string]string{}, map[string]string{}
@@ -488,7 +490,7 @@ func checkImage(t *testing.T, c oracleCase, dir, path string) {
 	if len(warnings) > 0 {
 		t.Logf("warnings: %q", warnings)
 	}
-	checkHashesUnchanged(t, before, fileHashes(t, dir))
+	testenv.SameHashes(t, before, testenv.HashTree(t, dir))
 }
 
 func fileSize(t testing.TB, f *os.File) int64 {
@@ -618,7 +620,7 @@ func TestOracleHugeSparse(t *testing.T) {
 			}
 			qemuIO(t, p, "qcow2", nil, checks...)
 
-			before := fileHashes(t, dir)
+			before := testenv.HashTree(t, dir)
 			img, err := Open(p, OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
@@ -639,7 +641,7 @@ func TestOracleHugeSparse(t *testing.T) {
 			spans := compareMap(t, img, p)
 			checkSeeks(t, img, spans)
 			img.Close()
-			checkHashesUnchanged(t, before, fileHashes(t, dir))
+			testenv.SameHashes(t, before, testenv.HashTree(t, dir))
 		})
 	}
 }

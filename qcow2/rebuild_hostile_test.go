@@ -42,7 +42,7 @@ func TestDirtyRebuildHostile(t *testing.T) {
 			dir := t.TempDir()
 			path := filepath.Join(dir, "img.qcow2")
 			mtQemuCreate(t, path, 64<<20, "cluster_size=4096,lazy_refcounts=on")
-			mtRun(t, dir, "qemu-img", "bitmap", "--add", "-g", "512", path, "b0")
+			runCombined(t, dir, "qemu-img", "bitmap", "--add", "-g", "512", path, "b0")
 			mtIO(t, path, "write -P 1 0 64k")
 			// qemu-io's abort leaves the image dirty, refcounts unwritten.
 			_ = exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 2 32M 64k", "-c", "write -P 3 8k 4k", "-c", "abort", path).Run()

@@ -7,6 +7,10 @@
 package testenv
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -68,6 +72,53 @@ func RequireTools(t testing.TB, tools ...string) {
 		}
 		if err != nil {
 			Lacking(t, tool+" not installed (.ci/run must install it)")
+		}
+	}
+}
+
+// HashTree returns the sha256 of every regular file under dir (dir itself
+// when it is a file), by path: the before-and-after fingerprint of the
+// tests that promise not one byte of an image changes.
+func HashTree(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	sums := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return err
+		}
+		sums[p] = hex.EncodeToString(h.Sum(nil))
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("hashing %s: %v", dir, err)
+	}
+	return sums
+}
+
+// SameHashes reports every file whose hash changed, appeared or vanished
+// between two HashTree fingerprints.
+func SameHashes(t testing.TB, before, after map[string]string) {
+	t.Helper()
+	for p, h := range before {
+		switch a, ok := after[p]; {
+		case !ok:
+			t.Errorf("%s vanished", p)
+		case a != h:
+			t.Errorf("%s changed: sha256 %s before, %s after", p, h, a)
+		}
+	}
+	for p := range after {
+		if _, ok := before[p]; !ok {
+			t.Errorf("%s appeared", p)
 		}
 	}
 }
