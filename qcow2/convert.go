@@ -210,12 +210,15 @@ type convTarget interface {
 	writeZeroes(off, n int64) error
 	storeCompressed(cc CompressedCluster) error
 	compress(off int64, p []byte) (CompressedCluster, error)
+	// startWriteback starts writing what is dirty in the page cache to
+	// disk, without waiting; close still syncs.
+	startWriteback()
 	close() error
 }
 
 type qcow2Out struct{ img *Image }
 
-func (t qcow2Out) writeData(p []byte, off int64) error { _, err := t.img.WriteAt(p, off); return err }
+func (t qcow2Out) writeData(p []byte, off int64) error { return t.img.writeRun(p, off) }
 func (t qcow2Out) writeZeroes(off, n int64) error      { return t.img.WriteZeroes(off, n) }
 func (t qcow2Out) storeCompressed(cc CompressedCluster) error {
 	return t.img.StoreCompressed(cc)
@@ -224,6 +227,13 @@ func (t qcow2Out) compress(off int64, p []byte) (CompressedCluster, error) {
 	return t.img.CompressCluster(off, p)
 }
 func (t qcow2Out) close() error { return t.img.Close() }
+func (t qcow2Out) startWriteback() {
+	s := t.img.s
+	startWriteback(s.f)
+	if s.dataF != s.f {
+		startWriteback(s.dataF)
+	}
+}
 
 type rawOut struct {
 	path string
@@ -237,6 +247,7 @@ func (t rawOut) writeData(p []byte, off int64) error {
 	return nil
 }
 func (t rawOut) writeZeroes(off, n int64) error { return errors.New("raw target: no zero writes") }
+func (t rawOut) startWriteback()                { startWriteback(osFile{t.f}) }
 func (t rawOut) storeCompressed(CompressedCluster) error {
 	return errors.New("raw target: no compression")
 }
@@ -426,6 +437,24 @@ func convertRun(s, back convSource, dst convTarget, size, tcs int64, o ConvertOp
 			}
 		}()
 	}
+	// The target's write-back starts as the data comes, on a goroutine of
+	// its own: the disk then writes while the workers read and the writer
+	// copies, where otherwise it would all wait for the final fdatasync
+	// (or, after qemu-img convert, which does not sync, for the next
+	// sync). This is the main cost of an uncompressed conversion of data
+	// that is in the page cache.
+	kick := make(chan struct{}, 1)
+	kicked := make(chan struct{})
+	go func() {
+		defer close(kicked)
+		for range kick {
+			dst.startWriteback()
+		}
+	}()
+	defer func() {
+		close(kick)
+		<-kicked
+	}()
 	var err error
 	o.Progress(0, size)
 	for j := range ordered {
@@ -452,6 +481,12 @@ func convertRun(s, back convSource, dst convTarget, size, tcs int64, o ConvertOp
 		if err != nil {
 			halt()
 			continue
+		}
+		if len(j.ops) > 0 {
+			select {
+			case kick <- struct{}{}:
+			default: // one is pending already
+			}
 		}
 		o.Progress(j.end, size)
 	}
