@@ -370,6 +370,7 @@ type convJob struct {
 	off, end int64
 	buf      []byte
 	ops      []convOp
+	wrote    bool // a worker already made the job's data and zero writes
 	err      error
 	done     chan struct{}
 }
@@ -433,6 +434,20 @@ func convertRun(s, back convSource, dst convTarget, size, tcs int64, o ConvertOp
 			for j := range work {
 				j.buf = *pool.Get().(*[]byte)
 				j.err = convertJob(s, back, dst, j, bbuf, unit, o)
+				if j.err == nil && !o.Compress {
+					// Data and zero writes go to ranges of their own, so
+					// the workers make them, in parallel: copying into
+					// the page cache is the largest cost of a conversion
+					// without -c. Compressed runs are packed in guest
+					// order: those wait for the writer.
+					select {
+					case <-stop:
+						j.err = errConvStopped
+					default:
+						j.err = applyOps(dst, j)
+						j.wrote, j.ops = len(j.ops) > 0, nil
+					}
+				}
 				close(j.done)
 			}
 		}()
@@ -462,18 +477,8 @@ func convertRun(s, back convSource, dst convTarget, size, tcs int64, o ConvertOp
 		if err == nil {
 			err = j.err
 		}
-		for _, op := range j.ops {
-			if err != nil {
-				break
-			}
-			switch op.kind {
-			case 'd':
-				err = dst.writeData(j.buf[op.off-j.off:op.off-j.off+op.n], op.off)
-			case 'z':
-				err = dst.writeZeroes(op.off, op.n)
-			case 'c':
-				err = dst.storeCompressed(op.cc)
-			}
+		if err == nil {
+			err = applyOps(dst, j)
 		}
 		if b := j.buf; b != nil {
 			pool.Put(&b)
@@ -482,7 +487,7 @@ func convertRun(s, back convSource, dst convTarget, size, tcs int64, o ConvertOp
 			halt()
 			continue
 		}
-		if len(j.ops) > 0 {
+		if len(j.ops) > 0 || j.wrote {
 			select {
 			case kick <- struct{}{}:
 			default: // one is pending already
@@ -499,6 +504,25 @@ func convertRun(s, back convSource, dst convTarget, size, tcs int64, o ConvertOp
 		o.Progress(size, size)
 	}
 	return err
+}
+
+// applyOps makes the job's writes.
+func applyOps(dst convTarget, j *convJob) error {
+	for _, op := range j.ops {
+		var err error
+		switch op.kind {
+		case 'd':
+			err = dst.writeData(j.buf[op.off-j.off:op.off-j.off+op.n], op.off)
+		case 'z':
+			err = dst.writeZeroes(op.off, op.n)
+		case 'c':
+			err = dst.storeCompressed(op.cc)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // convertProduce calls emit with the ranges to copy, in order, cut at
