@@ -11,7 +11,7 @@ import (
 // convertReps is how many times each conversion is timed; the best counts.
 // The tools take turns (qemu-img, qcow2fs, qcow2fs, qemu-img, ...), so
 // that a busy spell of the machine lands on both.
-const convertReps = 3
+const convertReps = 5
 
 // runConvert times qcow2fs convert against qemu-img convert on the same
 // sources, one after the other: a 1 GiB image half full of fio's
