@@ -210,12 +210,15 @@ type convTarget interface {
 	writeZeroes(off, n int64) error
 	storeCompressed(cc CompressedCluster) error
 	compress(off int64, p []byte) (CompressedCluster, error)
+	// startWriteback starts writing what is dirty in the page cache to
+	// disk, without waiting; close still syncs.
+	startWriteback()
 	close() error
 }
 
 type qcow2Out struct{ img *Image }
 
-func (t qcow2Out) writeData(p []byte, off int64) error { _, err := t.img.WriteAt(p, off); return err }
+func (t qcow2Out) writeData(p []byte, off int64) error { return t.img.writeRun(p, off) }
 func (t qcow2Out) writeZeroes(off, n int64) error      { return t.img.WriteZeroes(off, n) }
 func (t qcow2Out) storeCompressed(cc CompressedCluster) error {
 	return t.img.StoreCompressed(cc)
@@ -224,6 +227,13 @@ func (t qcow2Out) compress(off int64, p []byte) (CompressedCluster, error) {
 	return t.img.CompressCluster(off, p)
 }
 func (t qcow2Out) close() error { return t.img.Close() }
+func (t qcow2Out) startWriteback() {
+	s := t.img.s
+	startWriteback(s.f)
+	if s.dataF != s.f {
+		startWriteback(s.dataF)
+	}
+}
 
 type rawOut struct {
 	path string
@@ -237,6 +247,7 @@ func (t rawOut) writeData(p []byte, off int64) error {
 	return nil
 }
 func (t rawOut) writeZeroes(off, n int64) error { return errors.New("raw target: no zero writes") }
+func (t rawOut) startWriteback()                { startWriteback(osFile{t.f}) }
 func (t rawOut) storeCompressed(CompressedCluster) error {
 	return errors.New("raw target: no compression")
 }
@@ -359,6 +370,7 @@ type convJob struct {
 	off, end int64
 	buf      []byte
 	ops      []convOp
+	wrote    bool // a worker already made the job's data and zero writes
 	err      error
 	done     chan struct{}
 }
@@ -422,10 +434,42 @@ func convertRun(s, back convSource, dst convTarget, size, tcs int64, o ConvertOp
 			for j := range work {
 				j.buf = *pool.Get().(*[]byte)
 				j.err = convertJob(s, back, dst, j, bbuf, unit, o)
+				if j.err == nil && !o.Compress {
+					// Data and zero writes go to ranges of their own, so
+					// the workers make them, in parallel: copying into
+					// the page cache is the largest cost of a conversion
+					// without -c. Compressed runs are packed in guest
+					// order: those wait for the writer.
+					select {
+					case <-stop:
+						j.err = errConvStopped
+					default:
+						j.err = applyOps(dst, j)
+						j.wrote, j.ops = len(j.ops) > 0, nil
+					}
+				}
 				close(j.done)
 			}
 		}()
 	}
+	// The target's write-back starts as the data comes, on a goroutine of
+	// its own: the disk then writes while the workers read and the writer
+	// copies, where otherwise it would all wait for the final fdatasync
+	// (or, after qemu-img convert, which does not sync, for the next
+	// sync). This is the main cost of an uncompressed conversion of data
+	// that is in the page cache.
+	kick := make(chan struct{}, 1)
+	kicked := make(chan struct{})
+	go func() {
+		defer close(kicked)
+		for range kick {
+			dst.startWriteback()
+		}
+	}()
+	defer func() {
+		close(kick)
+		<-kicked
+	}()
 	var err error
 	o.Progress(0, size)
 	for j := range ordered {
@@ -433,18 +477,8 @@ func convertRun(s, back convSource, dst convTarget, size, tcs int64, o ConvertOp
 		if err == nil {
 			err = j.err
 		}
-		for _, op := range j.ops {
-			if err != nil {
-				break
-			}
-			switch op.kind {
-			case 'd':
-				err = dst.writeData(j.buf[op.off-j.off:op.off-j.off+op.n], op.off)
-			case 'z':
-				err = dst.writeZeroes(op.off, op.n)
-			case 'c':
-				err = dst.storeCompressed(op.cc)
-			}
+		if err == nil {
+			err = applyOps(dst, j)
 		}
 		if b := j.buf; b != nil {
 			pool.Put(&b)
@@ -452,6 +486,12 @@ func convertRun(s, back convSource, dst convTarget, size, tcs int64, o ConvertOp
 		if err != nil {
 			halt()
 			continue
+		}
+		if len(j.ops) > 0 || j.wrote {
+			select {
+			case kick <- struct{}{}:
+			default: // one is pending already
+			}
 		}
 		o.Progress(j.end, size)
 	}
@@ -464,6 +504,25 @@ func convertRun(s, back convSource, dst convTarget, size, tcs int64, o ConvertOp
 		o.Progress(size, size)
 	}
 	return err
+}
+
+// applyOps makes the job's writes.
+func applyOps(dst convTarget, j *convJob) error {
+	for _, op := range j.ops {
+		var err error
+		switch op.kind {
+		case 'd':
+			err = dst.writeData(j.buf[op.off-j.off:op.off-j.off+op.n], op.off)
+		case 'z':
+			err = dst.writeZeroes(op.off, op.n)
+		case 'c':
+			err = dst.storeCompressed(op.cc)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // convertProduce calls emit with the ranges to copy, in order, cut at

@@ -111,6 +111,9 @@ type crashConfig struct {
 	// compressOps: some ops (writers == 1) write whole clusters with
 	// WriteCompressed (backup -c's path).
 	compressOps bool
+	// runOps: some ops (writers == 1) write runs of whole clusters with
+	// writeRun (convert's path: contiguous allocation, one pwrite a run).
+	runOps bool
 }
 
 // crashConfigs are the shapes the model covers; each is a place where an
@@ -129,6 +132,7 @@ func crashConfigs() []crashConfig {
 		{name: "bitmap-2w", opts: "cluster_size=65536", initial: "bitmap", writers: 2, stripe: 5 << 10, ops: 200},
 		{name: "compressed-writes", opts: "cluster_size=16384", initial: "data", compressOps: true, writers: 1, ops: 300, maxLen: 40 << 10},
 		{name: "v2-backing", opts: "compat=0.10,cluster_size=4096", backing: true, writers: 1, ops: 300, maxLen: 40 << 10},
+		{name: "write-runs-extl2-tiny-cache", opts: "cluster_size=16384,extended_l2=on", initial: "data", cache: 8 << 10, runOps: true, writers: 1, ops: 300, maxLen: 40 << 10},
 	}
 }
 
@@ -311,8 +315,17 @@ func (r *crashRun) recordWorkload(t *testing.T) {
 					cs := im.ClusterSize()
 					off, n = rng.Int63n(cfg.size/cs)*cs, cs
 				}
+				run := !compressed && cfg.runOps && rng.Intn(3) == 0
+				if run {
+					cs := im.ClusterSize()
+					off = rng.Int63n(cfg.size/cs) * cs
+					n = min(cs*(1+rng.Int63n(8)), cfg.size-off)
+				}
 				op := guestOp{off: off, n: n}
 				k := rng.Intn(10)
+				if run {
+					k = 0
+				}
 				if k < 7 || compressed {
 					op.data = make([]byte, n)
 					rng.Read(op.data)
@@ -334,6 +347,8 @@ func (r *crashRun) recordWorkload(t *testing.T) {
 				switch {
 				case compressed:
 					err = im.WriteCompressed(off, op.data)
+				case run:
+					err = im.writeRun(op.data, off)
 				case k < 7:
 					_, err = im.WriteAt(op.data, off)
 				case k < 9:
