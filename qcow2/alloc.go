@@ -47,7 +47,7 @@ func (w *writer) releaseDataCluster(host int64) {
 // refcount to 1; fresh reports a cluster known to read as zeros. Caller
 // holds s.mu.
 func (w *writer) allocCluster() (cl int64, fresh bool, err error) {
-	r := w.rc
+	r := w.refTable
 	cl = w.freeHint
 	for {
 		if cl >= w.end {
@@ -66,7 +66,7 @@ func (w *writer) allocCluster() (cl int64, fresh bool, err error) {
 		}
 		cl++
 	}
-	fresh = cl >= w.fresh
+	fresh = cl >= w.zeroFrom
 	if err := w.setRefcount(cl, 1); err != nil {
 		return 0, false, err
 	}
@@ -77,8 +77,8 @@ func (w *writer) allocCluster() (cl int64, fresh bool, err error) {
 // noteUsed records that host cluster cl now holds something: it is no
 // longer known to read as zeros.
 func (w *writer) noteUsed(cl int64) {
-	if cl >= w.fresh {
-		w.fresh = cl + 1
+	if cl >= w.zeroFrom {
+		w.zeroFrom = cl + 1
 	}
 }
 

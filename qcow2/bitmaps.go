@@ -82,7 +82,7 @@ type bitmaps struct {
 // consider: no extension, or the autoclear bit is clear (a program without
 // bitmap support wrote the image; QEMU then ignores the bitmaps, whose
 // clusters leak).
-func (s *shared) bitmapsExtension() (ext bitmapsExt, ok bool, err error) {
+func (s *fileState) bitmapsExtension() (ext bitmapsExt, ok bool, err error) {
 	be := binary.BigEndian
 	for _, e := range s.exts {
 		if e.Type != ExtBitmaps {
@@ -117,7 +117,7 @@ func (s *shared) bitmapsExtension() (ext bitmapsExt, ok bool, err error) {
 // loadBitmaps reads the bitmap directory and checks it, and the tables of
 // the bitmaps not in use, as QEMU does when it opens the image: an error
 // means QEMU refuses the image.
-func (s *shared) loadBitmaps() (*bitmaps, error) {
+func (s *fileState) loadBitmaps() (*bitmaps, error) {
 	ext, ok, err := s.bitmapsExtension()
 	if err != nil || !ok {
 		return nil, err
@@ -155,11 +155,11 @@ func (s *shared) loadBitmaps() (*bitmaps, error) {
 
 // diskLength is the virtual size as QEMU's bdrv_getlength gives it
 // (whole sectors).
-func (s *shared) diskLength() uint64 { return (s.hdr.Size + 511) &^ 511 }
+func (s *fileState) diskLength() uint64 { return (s.hdr.Size + 511) &^ 511 }
 
 // bitmapTableSizeFor is the number of bitmap table entries (clusters of
 // bitmap data) a bitmap of the whole disk with the given granularity has.
-func (s *shared) bitmapTableSizeFor(granularityBits uint8) uint64 {
+func (s *fileState) bitmapTableSizeFor(granularityBits uint8) uint64 {
 	bits := (s.diskLength() + 1<<granularityBits - 1) >> granularityBits
 	perCluster := uint64(s.g.clusterSize) * 8
 	return (bits + perCluster - 1) / perCluster
@@ -167,7 +167,7 @@ func (s *shared) bitmapTableSizeFor(granularityBits uint8) uint64 {
 
 // readBitmapDirectory reads and decodes the bitmap directory
 // (bitmap_list_load and check_dir_entry).
-func (s *shared) readBitmapDirectory(ext bitmapsExt) ([]bitmapInfo, error) {
+func (s *fileState) readBitmapDirectory(ext bitmapsExt) ([]bitmapInfo, error) {
 	if ext.dirSize == 0 {
 		return nil, formatErr(s.path, "Requested bitmap directory size is zero")
 	}
@@ -244,7 +244,7 @@ func (s *shared) readBitmapDirectory(ext bitmapsExt) ([]bitmapInfo, error) {
 }
 
 // bitmapEntryProblem says what is wrong with a directory entry, or "" (QEMU's check_dir_entry).
-func (s *shared) bitmapEntryProblem(b *bitmapInfo, typ uint8, nameSize uint64) string {
+func (s *fileState) bitmapEntryProblem(b *bitmapInfo, typ uint8, nameSize uint64) string {
 	cs := uint64(s.g.clusterSize)
 	switch {
 	case b.tableSize == 0:
@@ -285,7 +285,7 @@ const bitmapTableChunk = 4096
 // dataOffset 0 for all ones). The table is read in chunks into
 // *scratch (kept for the next call), and only the part inside the file
 // (the rest reads as zeros: no data clusters).
-func (s *shared) forBitmapTable(b *bitmapInfo, scratch *[]byte, fn func(i, dataOffset uint64)) error {
+func (s *fileState) forBitmapTable(b *bitmapInfo, scratch *[]byte, fn func(i, dataOffset uint64)) error {
 	bytes := uint64(b.tableSize) * 8
 	if b.tableOffset > qemuMaxLength || bytes > qemuMaxLength-b.tableOffset {
 		return fmt.Errorf("bitmap table at %#x: %w", b.tableOffset, syscall.EIO)
@@ -337,7 +337,7 @@ func (s *shared) forBitmapTable(b *bitmapInfo, scratch *[]byte, fn func(i, dataO
 
 // bitmapNames lists the persistent bitmaps as qemu-img info does: none
 // when QEMU would ignore or refuse them.
-func (s *shared) bitmapNames() []string {
+func (s *fileState) bitmapNames() []string {
 	bm, err := s.loadBitmaps()
 	if err != nil || bm == nil {
 		return nil
@@ -351,7 +351,7 @@ func (s *shared) bitmapNames() []string {
 
 // hasBitmapsExtension reports whether the image carries bitmaps QEMU
 // would consider (the extension with the autoclear bit set), valid or not.
-func (s *shared) hasBitmapsExtension() bool {
+func (s *fileState) hasBitmapsExtension() bool {
 	_, ok, err := s.bitmapsExtension()
 	return ok || err != nil
 }
@@ -359,7 +359,7 @@ func (s *shared) hasBitmapsExtension() bool {
 // bitmapDetails lists the persistent bitmaps with their flags ("in-use",
 // "auto", in qemu-img info's order) and granularity: none when QEMU would
 // ignore or refuse them.
-func (s *shared) bitmapDetails() []BitmapInfo {
+func (s *fileState) bitmapDetails() []BitmapInfo {
 	bm, err := s.loadBitmaps()
 	if err != nil || bm == nil {
 		return nil

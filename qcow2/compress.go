@@ -26,7 +26,7 @@ var zstdDecoders = sync.Pool{New: func() any {
 
 // loadCompressed is the decompressed-cluster cache's loader: key is the L2
 // entry of a compressed cluster. Caller holds s.mu.
-func (s *shared) loadCompressed(key uint64, out []byte) error {
+func (s *fileState) loadCompressed(key uint64, out []byte) error {
 	err := s.decompressCluster(key, out)
 	var pe *pastEOF
 	if errors.As(err, &pe) {
@@ -43,7 +43,7 @@ func (e *pastEOF) Error() string { return e.msg }
 
 // decompressCluster inflates the compressed cluster described by L2 entry
 // key into out. It touches no shared state, so it runs without s.mu.
-func (s *shared) decompressCluster(key uint64, out []byte) error {
+func (s *fileState) decompressCluster(key uint64, out []byte) error {
 	host, length := compressedDescriptor(key, s.g.clusterBits)
 	fsize, err := s.fileSize()
 	if err != nil {

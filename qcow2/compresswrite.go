@@ -203,7 +203,7 @@ func (w *writer) allocCompressed(n int64) (int64, error) {
 		}
 		room := (cur+1)<<cb - f
 		next := int64(0)
-		if rc > 0 && rc < w.rc.maxRefcount && n > room {
+		if rc > 0 && rc < w.refTable.maxRefcount && n > room {
 			nrc, err := w.refcount(cur + 1)
 			if err != nil {
 				return 0, err
@@ -212,7 +212,7 @@ func (w *writer) allocCompressed(n int64) (int64, error) {
 				next = cur + 1
 			}
 		}
-		if rc > 0 && rc < w.rc.maxRefcount && (n <= room || next != 0) {
+		if rc > 0 && rc < w.refTable.maxRefcount && (n <= room || next != 0) {
 			if err := w.setRefcount(cur, rc+1); err != nil {
 				return 0, err
 			}

@@ -65,7 +65,7 @@ func (b *dirtyBitmap) enabled() bool { return b.loaded && b.flags&bitmapFlagAuto
 // not in use. nil when the image has no bitmaps QEMU would consider.
 // Memory is bounded by the file: only table entries and data clusters
 // inside it are read. Caller holds s.mu.
-func (s *shared) loadBitmapSet() (*bitmapSet, error) {
+func (s *fileState) loadBitmapSet() (*bitmapSet, error) {
 	bm, err := s.loadBitmaps()
 	if err != nil || bm == nil {
 		return nil, err

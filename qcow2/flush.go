@@ -82,7 +82,7 @@ func (w *writer) flushLocked() error {
 			return err
 		}
 	}
-	if err := s.rc.Flush(); err != nil {
+	if err := s.refBlocks.Flush(); err != nil {
 		return err
 	}
 	return w.barrier()
@@ -107,10 +107,10 @@ func (w *writer) beforeL2WriteBack() error {
 // s.mu.
 func (w *writer) writeRefcounts() (wrote bool, err error) {
 	s := w.img.s
-	if s.rc.NumDirty() == 0 && len(w.rc.tableDirty) == 0 {
+	if s.refBlocks.NumDirty() == 0 && len(w.refTable.tableDirty) == 0 {
 		return false, nil
 	}
-	if err := s.rc.Flush(); err != nil {
+	if err := s.refBlocks.Flush(); err != nil {
 		return false, err
 	}
 	if err := w.writeRefcountTableEntries(); err != nil {

@@ -28,9 +28,9 @@ type layer interface {
 	Close() error
 }
 
-// shared is the state of one image file, shared by the active view and the
+// fileState is the state of one image file, shared by the active view and the
 // read-only views of its internal snapshots.
-type shared struct {
+type fileState struct {
 	path   string
 	f      hostFile // the image file
 	dataF  hostFile // where guest data lives: f, or the external data file
@@ -55,10 +55,10 @@ type shared struct {
 	snaps   []snapshot
 
 	// mu serialises metadata: the caches, L1/refcount tables, allocation.
-	mu  sync.Mutex
-	l2c *cache.Cache // L2 table slices, keyed by host offset
-	zc  *cache.Cache // decompressed clusters, keyed by compressed descriptor
-	rc  *cache.Cache // refcount blocks, keyed by host offset
+	mu        sync.Mutex
+	l2c       *cache.Cache // L2 table slices, keyed by host offset
+	zc        *cache.Cache // decompressed clusters, keyed by compressed descriptor
+	refBlocks *cache.Cache // refcount blocks, keyed by host offset
 
 	// bufs recycles scratch buffers of maxScratch bytes: copy-on-write
 	// merges and compressed clusters (input and output) on the I/O path.
@@ -79,7 +79,7 @@ type shared struct {
 // Image is an open qcow2 image (or a read-only view of one of its internal
 // snapshots). Its methods are safe for concurrent use.
 type Image struct {
-	s        *shared
+	s        *fileState
 	ro       bool
 	size     int64
 	l1       []uint64
@@ -88,7 +88,7 @@ type Image struct {
 	w        *writer
 }
 
-func (s *shared) closeFiles() {
+func (s *fileState) closeFiles() {
 	if s.backing != nil {
 		s.backing.Close()
 	}
@@ -98,7 +98,7 @@ func (s *shared) closeFiles() {
 	s.f.Close()
 }
 
-func (s *shared) fileSize() (int64, error) {
+func (s *fileState) fileSize() (int64, error) {
 	st, err := s.f.Stat()
 	if err != nil {
 		return 0, err
@@ -109,7 +109,7 @@ func (s *shared) fileSize() (int64, error) {
 // getBuf returns a scratch buffer of at least two clusters plus a sector
 // (the longest compressed cluster a descriptor can describe); putBuf
 // recycles it.
-func (s *shared) getBuf() *[]byte {
+func (s *fileState) getBuf() *[]byte {
 	if b, ok := s.bufs.Get().(*[]byte); ok {
 		return b
 	}
@@ -117,7 +117,7 @@ func (s *shared) getBuf() *[]byte {
 	return &b
 }
 
-func (s *shared) putBuf(b *[]byte) { s.bufs.Put(b) }
+func (s *fileState) putBuf(b *[]byte) { s.bufs.Put(b) }
 
 // DefaultCacheSize is the default L2 cache budget: it maps 128 GiB of a
 // 64 KiB-cluster image at once, and random I/O over larger images costs one
@@ -130,7 +130,7 @@ const DefaultCacheSize = 16 << 20
 // miss reads 4 KiB, not a whole (up to 2 MiB) table.
 func l2SliceSize(g geometry) int64 { return min(g.clusterSize, 4096) }
 
-func (s *shared) loadBlock(key uint64, buf []byte) error {
+func (s *fileState) loadBlock(key uint64, buf []byte) error {
 	n, err := s.f.ReadAt(buf, int64(key))
 	if err == io.EOF && n > 0 {
 		clear(buf[n:])
@@ -146,7 +146,7 @@ func (s *shared) loadBlock(key uint64, buf []byte) error {
 // block), never over the fixed metadata: an image found corrupt still gets
 // the blocks it cached while it was sound, but nothing that would land on
 // its header or tables.
-func (s *shared) writeBlock(key uint64, buf []byte) error {
+func (s *fileState) writeBlock(key uint64, buf []byte) error {
 	if what := s.overlapsMetadata(int64(key), int64(len(buf)), int64(s.hdr.L1TableOffset), int64(s.hdr.L1Size)*8); what != "" {
 		return s.corruptf("cached metadata block at %#x overlaps %s; not written", key, what)
 	}
@@ -158,14 +158,14 @@ func (s *shared) writeBlock(key uint64, buf []byte) error {
 }
 
 // syncMeta makes every completed write to the image file durable.
-func (s *shared) syncMeta() error {
+func (s *fileState) syncMeta() error {
 	s.metaUnsynced.Store(false)
 	return s.syncFile(s.f, s.path)
 }
 
 // syncFile fdatasyncs f. A failure is remembered for good: the kernel may
 // have dropped the dirty pages, so a later sync that works proves nothing.
-func (s *shared) syncFile(f hostFile, name string) error {
+func (s *fileState) syncFile(f hostFile, name string) error {
 	if err := f.Datasync(); err != nil {
 		err = fmt.Errorf("sync %s: %w", name, err)
 		s.syncErrMu.Lock()
@@ -179,7 +179,7 @@ func (s *shared) syncFile(f hostFile, name string) error {
 }
 
 // stickyErr returns the first fdatasync failure, if any.
-func (s *shared) stickyErr() error {
+func (s *fileState) stickyErr() error {
 	s.syncErrMu.Lock()
 	defer s.syncErrMu.Unlock()
 	if s.syncErr != nil {
@@ -188,7 +188,7 @@ func (s *shared) stickyErr() error {
 	return nil
 }
 
-func (s *shared) featureList(typ uint8, bits uint64) string {
+func (s *fileState) featureList(typ uint8, bits uint64) string {
 	out := ""
 	for b := uint8(0); b < 64; b++ {
 		if bits&(1<<b) == 0 {

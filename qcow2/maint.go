@@ -34,7 +34,7 @@ func progressOf(opts []MaintenanceOptions) func(done, total int64) {
 // else uses it) for one maintenance operation; s.mu is held throughout.
 type maint struct {
 	img *Image
-	s   *shared
+	s   *fileState
 	w   *writer
 }
 
@@ -72,7 +72,7 @@ func (w *writer) prepareKeepBitmaps(rebuildDirty bool) error {
 // hasValidBitmaps reports whether the image holds persistent bitmaps QEMU
 // considers (an operation that changes guest content or size behind their
 // back must not run); bitmap metadata QEMU refuses counts too.
-func (s *shared) hasValidBitmaps() bool { return s.hasBitmapsExtension() }
+func (s *fileState) hasValidBitmaps() bool { return s.hasBitmapsExtension() }
 
 // close ends the session: a full ordered flush (when err is nil), then the
 // image is closed. It returns err or the first error of its own.

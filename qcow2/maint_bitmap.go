@@ -190,7 +190,7 @@ func (b *dirtyBitmap) cName() string {
 // bitmapClusters lists the clusters bitmap b holds (table and data), to
 // free when it is removed. A bitmap found in use has its table read again;
 // an unreadable table leaks rather than fails.
-func (s *shared) bitmapClusters(b *dirtyBitmap) [][2]int64 {
+func (s *fileState) bitmapClusters(b *dirtyBitmap) [][2]int64 {
 	cs := s.g.clusterSize
 	if b.tableOffset == 0 {
 		return nil // added in this session, never stored

@@ -114,13 +114,13 @@ func Check(path string, o CheckOptions) (*CheckResult, error) {
 			return nil, nameFile(s.path, err)
 		}
 	}
-	c := newChecker(img, progress)
-	if err := c.run(fix); err != nil {
+	ck := newChecker(img, progress)
+	if err := ck.run(fix); err != nil {
 		return nil, checkError(s.path, err)
 	}
-	res := c.res
+	res := ck.res
 	if fix == 0 || res.Corruptions+res.Leaks == 0 {
-		return res, nameFile(s.path, c.finishRepair(fix))
+		return res, nameFile(s.path, ck.finishRepair(fix))
 	}
 	// Double-check the repaired image.
 	c2 := newChecker(img, progress)
@@ -180,116 +180,116 @@ func newChecker(img *Image, progress func(done, total int64)) *checker {
 	return c
 }
 
-func (c *checker) loadRefStructure() error {
-	s := c.s
-	raw := make([]byte, int64(s.hdr.RefcountTableClusters)*c.cs)
+func (ck *checker) loadRefStructure() error {
+	s := ck.s
+	raw := make([]byte, int64(s.hdr.RefcountTableClusters)*ck.cs)
 	if err := preadFull(s.f, raw, int64(s.hdr.RefcountTableOffset)); err != nil {
 		return fmt.Errorf("%s: read refcount table: %w", s.path, err)
 	}
-	c.table = make([]uint64, len(raw)/8)
-	for i := range c.table {
-		c.table[i] = binary.BigEndian.Uint64(raw[i*8:])
+	ck.table = make([]uint64, len(raw)/8)
+	for i := range ck.table {
+		ck.table[i] = binary.BigEndian.Uint64(raw[i*8:])
 	}
-	c.blocks = map[uint64][]byte{}
+	ck.blocks = map[uint64][]byte{}
 	// A repair may have grown the file since the walk began.
 	eof, err := s.fileSize()
 	if err != nil {
 		return err
 	}
-	c.eof = eof
+	ck.eof = eof
 	return nil
 }
 
 // storedRefcount is the refcount the image records for cluster cl. The
 // block is read as QEMU reads it: zeros past the end of the file, an error
 // past the largest offset QEMU reads at.
-func (c *checker) storedRefcount(cl int64) (uint64, error) {
-	bi := cl / c.perBlock
-	if bi >= int64(len(c.table)) {
+func (ck *checker) storedRefcount(cl int64) (uint64, error) {
+	bi := cl / ck.perBlock
+	if bi >= int64(len(ck.table)) {
 		return 0, nil
 	}
-	off := c.table[bi] & refTableOffsetMask
+	off := ck.table[bi] & refTableOffsetMask
 	if off == 0 {
 		return 0, nil
 	}
-	if off&uint64(c.cs-1) != 0 {
+	if off&uint64(ck.cs-1) != 0 {
 		return 0, fmt.Errorf("refblock offset %#x unaligned (reftable index %#x)", off, bi)
 	}
-	if off >= uint64(c.eof) && off <= qemuMaxLength-uint64(c.cs) {
+	if off >= uint64(ck.eof) && off <= qemuMaxLength-uint64(ck.cs) {
 		return 0, nil // all zeros: no need to read (or to hold) it
 	}
-	blk := c.blocks[off]
+	blk := ck.blocks[off]
 	if blk == nil {
 		// A few blocks stay cached; past that, a buffer is reused (the
 		// table may name a different block for every lookup).
-		if len(c.blocks) >= max(4, checkBlockCacheBytes/int(c.cs)) {
-			for k, b := range c.blocks {
-				delete(c.blocks, k)
+		if len(ck.blocks) >= max(4, checkBlockCacheBytes/int(ck.cs)) {
+			for k, b := range ck.blocks {
+				delete(ck.blocks, k)
 				blk = b
 				break
 			}
 		} else {
-			blk = make([]byte, c.cs)
+			blk = make([]byte, ck.cs)
 		}
-		if err := readMeta(c.s.f, blk, off); err != nil {
+		if err := readMeta(ck.s.f, blk, off); err != nil {
 			return 0, err
 		}
-		c.blocks[off] = blk
+		ck.blocks[off] = blk
 	}
-	return getRefcountEntry(blk, cl%c.perBlock, c.order), nil
+	return getRefcountEntry(blk, cl%ck.perBlock, ck.order), nil
 }
 
 // checkBlockCacheBytes bounds the refcount blocks a check keeps.
 const checkBlockCacheBytes = 8 << 20
 
 // run is one full pass: count, compare (with fixes), COPIED flags.
-func (c *checker) run(fix checkFix) error {
-	s := c.s
+func (ck *checker) run(fix checkFix) error {
+	s := ck.s
 	fileLen, err := s.fileSize()
 	if err != nil {
 		return err
 	}
-	c.setFileLen(fileLen)
-	c.res.TotalClusters = (int64(s.hdr.Size) + c.cs - 1) >> c.bits
-	c.total = int64(s.hdr.L1Size) + c.nb/65536 + 1
+	ck.setFileLen(fileLen)
+	ck.res.TotalClusters = (int64(s.hdr.Size) + ck.cs - 1) >> ck.bits
+	ck.total = int64(s.hdr.L1Size) + ck.nb/65536 + 1
 	for _, sn := range s.snaps {
-		c.total += int64(sn.L1Size)
+		ck.total += int64(sn.L1Size)
 	}
-	if err := c.loadRefStructure(); err != nil {
+	if err := ck.loadRefStructure(); err != nil {
 		return err
 	}
-	if err := c.countAll(); err != nil {
+	if err := ck.countAll(); err != nil {
 		return err
 	}
-	highest := c.compare(fix)
+	highest := ck.compare(fix)
 	if fix != 0 {
-		if err := c.applyFixes(fix); err != nil {
+		if err := ck.applyFixes(fix); err != nil {
 			return err
 		}
 	}
-	if err := c.checkCopied(fix); err != nil {
+	if err := ck.checkCopied(fix); err != nil {
 		return err
 	}
-	c.res.ImageEndOffset = (highest + 1) << c.bits
-	c.progress(c.total, c.total)
+	ck.res.ImageEndOffset = (highest + 1) << ck.bits
+	ck.progress(ck.total, ck.total)
 	return nil
 }
 
 // compare compares stored refcounts with the counted references and
 // returns the highest cluster in use; fixable mismatches are queued.
-func (c *checker) compare(fix checkFix) int64 {
+func (ck *checker) compare(fix checkFix) int64 {
 	highest := int64(0)
-	for i := int64(0); i < c.nb; i++ {
+	for i := int64(0); i < ck.nb; i++ {
 		if i%65536 == 0 {
-			c.step(1)
+			ck.step(1)
 		}
-		rc1, err := c.storedRefcount(i)
+		rc1, err := ck.storedRefcount(i)
 		if err != nil {
-			c.msg("Can't get refcount for cluster %d: %v", i, err)
-			c.res.CheckErrors++
+			ck.msg("Can't get refcount for cluster %d: %v", i, err)
+			ck.res.CheckErrors++
 			continue
 		}
-		rc2 := c.count(i)
+		rc2 := ck.count(i)
 		if rc1 > 0 || rc2 > 0 {
 			highest = i
 		}
@@ -301,7 +301,7 @@ func (c *checker) compare(fix checkFix) int64 {
 		case rc1 == 0:
 			// No refcount at all: only a rebuild of the structure
 			// (repair "all") fixes that.
-			c.rebuild = true
+			ck.rebuild = true
 		case rc1 > rc2:
 			fixable = fix&fixLeaks != 0
 		default:
@@ -313,14 +313,14 @@ func (c *checker) compare(fix checkFix) int64 {
 		} else if rc1 < rc2 {
 			what = "ERROR"
 		}
-		c.msg("%s cluster %d refcount=%d reference=%d", what, i, rc1, rc2)
+		ck.msg("%s cluster %d refcount=%d reference=%d", what, i, rc1, rc2)
 		if fixable {
-			c.fixes = append(c.fixes, refFix{cl: i, rc: rc2})
+			ck.fixes = append(ck.fixes, refFix{cl: i, rc: rc2})
 		}
 		if rc1 < rc2 {
-			c.res.Corruptions++
+			ck.res.Corruptions++
 		} else {
-			c.res.Leaks++
+			ck.res.Leaks++
 		}
 	}
 	return highest
@@ -329,8 +329,8 @@ func (c *checker) compare(fix checkFix) int64 {
 // checkCopied checks QCOW_OFLAG_COPIED on the active L1 and L2 entries
 // against the refcounts, and repairs them when allowed (as QEMU: always
 // with "all", with "leaks" only if nothing else is wrong).
-func (c *checker) checkCopied(fix checkFix) error {
-	s := c.s
+func (ck *checker) checkCopied(fix checkFix) error {
+	s := ck.s
 	g := &s.g
 	repair := false
 	switch {
@@ -339,39 +339,39 @@ func (c *checker) checkCopied(fix checkFix) error {
 	case fix&fixLeaks != 0:
 		// Only on an otherwise sound image (the leaks counted above
 		// have all been fixed in this mode).
-		repair = c.res.CheckErrors == 0 && c.res.Corruptions == 0
+		repair = ck.res.CheckErrors == 0 && ck.res.Corruptions == 0
 	}
-	w := c.img.w
-	l1 := c.img.l1
-	l2 := make([]byte, c.cs)
+	w := ck.img.w
+	l1 := ck.img.l1
+	l2 := make([]byte, ck.cs)
 	dirty := false
 	for i, e := range l1 {
 		l2off := int64(e & l1EntryOffsetMask)
 		if l2off == 0 {
 			continue
 		}
-		rc, err := c.storedRefcount(l2off >> c.bits)
+		rc, err := ck.storedRefcount(l2off >> ck.bits)
 		if err != nil {
 			continue
 		}
 		if (rc == 1) != (e&oflagCopied != 0) {
-			c.res.Corruptions++
+			ck.res.Corruptions++
 			verb := "ERROR"
 			if repair {
 				verb = "Repairing"
 			}
-			c.msg("%s OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d", verb, i, e, rc)
+			ck.msg("%s OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d", verb, i, e, rc)
 			if repair {
-				c.img.l1[i] = withCopied(e, rc == 1)
+				ck.img.l1[i] = withCopied(e, rc == 1)
 				w.l1Dirty[int64(i)] = true
 				dirty = true
 			}
 		}
-		if l2off&(c.cs-1) != 0 {
+		if l2off&(ck.cs-1) != 0 {
 			continue
 		}
 		if err := preadFull(s.f, l2, l2off); err != nil {
-			c.res.CheckErrors++
+			ck.res.CheckErrors++
 			continue
 		}
 		for j := int64(0); j < g.l2Entries; j++ {
@@ -386,21 +386,21 @@ func (c *checker) checkCopied(fix checkFix) error {
 			}
 			rc := uint64(1)
 			if !g.dataFile {
-				if rc, err = c.storedRefcount(offset >> c.bits); err != nil {
+				if rc, err = ck.storedRefcount(offset >> ck.bits); err != nil {
 					continue
 				}
 			}
 			if (rc == 1) == (word&oflagCopied != 0) {
 				continue
 			}
-			c.res.Corruptions++
+			ck.res.Corruptions++
 			verb := "ERROR"
 			if repair {
 				verb = "Repairing"
 			}
-			c.msg("%s OFLAG_COPIED data cluster: l2_entry=%x refcount=%d", verb, word, rc)
+			ck.msg("%s OFLAG_COPIED data cluster: l2_entry=%x refcount=%d", verb, word, rc)
 			if repair {
-				if err := c.setL2Word(l2off, j, withCopied(word, rc == 1)); err != nil {
+				if err := ck.setL2Word(l2off, j, withCopied(word, rc == 1)); err != nil {
 					return err
 				}
 				dirty = true

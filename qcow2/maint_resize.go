@@ -166,7 +166,7 @@ func (w *writer) truncateToUsed() error {
 	}
 	w.end = last + 1
 	w.fileLen = end
-	w.fresh = min(w.fresh, last+1)
+	w.zeroFrom = min(w.zeroFrom, last+1)
 	if w.freeHint > last+1 {
 		w.freeHint = last + 1
 	}
@@ -252,7 +252,7 @@ func (w *writer) allocRun(n int64) (int64, error) {
 		return 0, nil
 	}
 	s := w.img.s
-	r := w.rc
+	r := w.refTable
 	hasBlock := func(bi int64) bool { return bi < int64(len(r.table)) && r.table[bi]&refTableOffsetMask != 0 }
 	for {
 		start := w.end
@@ -301,11 +301,11 @@ func (w *writer) allocRun(n int64) (int64, error) {
 		}
 		for k, bi := range missing {
 			off := uint64(start+int64(k)) << s.g.clusterBits
-			blk, err := s.rc.Put(off)
+			blk, err := s.refBlocks.Put(off)
 			if err != nil {
 				return 0, err
 			}
-			s.rc.MarkDirty(blk)
+			s.refBlocks.MarkDirty(blk)
 			r.table[bi] = off
 			r.tableDirty[bi] = true
 		}
@@ -321,7 +321,7 @@ func (w *writer) allocRun(n int64) (int64, error) {
 			}
 		}
 		if len(missing) > 0 {
-			if err := s.rc.Flush(); err != nil {
+			if err := s.refBlocks.Flush(); err != nil {
 				return 0, err
 			}
 			if err := s.syncMeta(); err != nil {

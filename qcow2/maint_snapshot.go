@@ -103,7 +103,7 @@ func (m *maint) snapshotCreate(name string) error {
 
 // findSnapshot returns the index of the snapshot with that name or, failing
 // that, ID (the order Image.OpenSnapshot uses).
-func (s *shared) findSnapshot(nameOrID string) (int, error) {
+func (s *fileState) findSnapshot(nameOrID string) (int, error) {
 	for i := range s.snaps {
 		if s.snaps[i].Name == nameOrID {
 			return i, nil
@@ -165,7 +165,7 @@ func (m *maint) snapshotDelete(nameOrID string, progress func(done, total int64)
 
 // snapshotL1 reads a snapshot's L1 table (where it lies was checked when
 // the image was opened).
-func (s *shared) snapshotL1(sn *snapshot) ([]uint64, error) {
+func (s *fileState) snapshotL1(sn *snapshot) ([]uint64, error) {
 	if sn.badL1 {
 		return nil, formatErr(s.path, "snapshot %s (ID %s): %s", imgtext.Quote(sn.Name), imgtext.Quote(sn.ID), sn.problem)
 	}

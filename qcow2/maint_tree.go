@@ -49,7 +49,7 @@ func (w *writer) forEachL2(off int64, fn func(data []byte, in, idx int64, e l2En
 
 // l2TableOf returns the L2 table offset of an L1 entry (0: none), checking
 // its alignment.
-func (s *shared) l2TableOf(e uint64, i int) (int64, error) {
+func (s *fileState) l2TableOf(e uint64, i int) (int64, error) {
 	off := int64(e & l1EntryOffsetMask)
 	if off&(s.g.clusterSize-1) != 0 {
 		return 0, s.corruptf("L1 entry %d: L2 table offset %#x is not cluster-aligned", i, off)
@@ -61,7 +61,7 @@ func (s *shared) l2TableOf(e uint64, i int) (int64, error) {
 // entry e holds a reference on: a data cluster (also a preallocated zero
 // cluster), or every cluster compressed data spans. Clusters in an external
 // data file carry no refcounts.
-func (s *shared) entryRefs(e l2Entry, fn func(cl int64) error) error {
+func (s *fileState) entryRefs(e l2Entry, fn func(cl int64) error) error {
 	g := &s.g
 	if e.compressed() {
 		host, length := compressedDescriptor(e.word, g.clusterBits)
@@ -133,7 +133,7 @@ func (w *writer) decTree(l1 []uint64) error {
 // tree of l1 that would overflow narrow refcounts (refcount_bits < 16; with
 // wider ones that takes more snapshots than QEMU allows).
 func (w *writer) checkTreeOverflow(l1 []uint64) error {
-	if w.rc.order >= 4 {
+	if w.refTable.order >= 4 {
 		return nil
 	}
 	add := map[int64]uint64{}
@@ -145,8 +145,8 @@ func (w *writer) checkTreeOverflow(l1 []uint64) error {
 		if err != nil {
 			return err
 		}
-		if rc+n > w.rc.maxRefcount {
-			return fmt.Errorf("%s: cluster %#x would need refcount %d, more than refcount_bits=%d can hold", w.img.s.path, cl<<w.img.s.g.clusterBits, rc+n, 1<<w.rc.order)
+		if rc+n > w.refTable.maxRefcount {
+			return fmt.Errorf("%s: cluster %#x would need refcount %d, more than refcount_bits=%d can hold", w.img.s.path, cl<<w.img.s.g.clusterBits, rc+n, 1<<w.refTable.order)
 		}
 	}
 	return nil

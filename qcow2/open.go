@@ -76,7 +76,7 @@ func openChain(path string, opts OpenOptions, seen map[string]bool) (*Image, err
 		}
 	}
 	hf := wrapHostFile(abs, osFile{f})
-	s := &shared{path: abs, f: hf, dataF: hf, ro: opts.ReadOnly, warn: opts.Warn, refs: 1}
+	s := &fileState{path: abs, f: hf, dataF: hf, ro: opts.ReadOnly, warn: opts.Warn, refs: 1}
 	if s.warn == nil {
 		s.warn = func(string) {}
 	}
@@ -88,7 +88,7 @@ func openChain(path string, opts OpenOptions, seen map[string]bool) (*Image, err
 	return img, nil
 }
 
-func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
+func (s *fileState) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 	fsize, err := s.fileSize()
 	if err != nil {
 		return nil, fmt.Errorf("stat %s: %w", s.path, err)
@@ -246,7 +246,7 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 	s.l2c = cache.New(int(cacheBytes/slice), int(slice), s.loadBlock, s.writeBlock)
 	zEntries := int(max(4, (4<<20)/cs)) // decompressed clusters
 	s.zc = cache.New(zEntries, int(cs), s.loadCompressed, nil)
-	s.rc = cache.New(int(max(4, (2<<20)/cs)), int(cs), s.loadBlock, s.writeBlock)
+	s.refBlocks = cache.New(int(max(4, (2<<20)/cs)), int(cs), s.loadBlock, s.writeBlock)
 	// The writer registers the L2 cache's write-back hook (see
 	// writer.beforeL2WriteBack): refcounts and data before mappings.
 
@@ -341,7 +341,7 @@ func (s *shared) open(opts OpenOptions, seen map[string]bool) (*Image, error) {
 	return img, nil
 }
 
-func (s *shared) checkTable(what string, off uint64, length int64, fsize int64) error {
+func (s *fileState) checkTable(what string, off uint64, length int64, fsize int64) error {
 	if off%uint64(s.g.clusterSize) != 0 || off == 0 && length > 0 {
 		return formatErr(s.path, "%s offset %#x is not cluster-aligned", what, off)
 	}
@@ -353,7 +353,7 @@ func (s *shared) checkTable(what string, off uint64, length int64, fsize int64) 
 
 // readL1 reads an L1 table whose place was checked (entries past the end of
 // the file, inside its last cluster, read as zeros, as in QEMU).
-func (s *shared) readL1(off, entries int64) ([]uint64, error) {
+func (s *fileState) readL1(off, entries int64) ([]uint64, error) {
 	raw := make([]byte, entries*8)
 	if err := preadFull(s.f, raw, off); err != nil {
 		return nil, fmt.Errorf("read L1 table of %s at %#x: %w", s.path, off, err)
@@ -450,7 +450,7 @@ func (o OpenOptions) checkFileAs(role, path string, f *os.File, write bool) erro
 
 // below returns the options for the files s names: the same, with s added
 // to the chain of images that lead to them.
-func (o OpenOptions) below(s *shared) OpenOptions {
+func (o OpenOptions) below(s *fileState) OpenOptions {
 	if o.CheckFile == nil {
 		return o
 	}

@@ -14,7 +14,7 @@ func (img *Image) overlapsMetadata(off, n int64) string {
 
 // overlapsMetadata is overlapsMetadata for the L1 table at l1Off (l1Len
 // bytes).
-func (s *shared) overlapsMetadata(off, n, l1Off, l1Len int64) string {
+func (s *fileState) overlapsMetadata(off, n, l1Off, l1Len int64) string {
 	h := &s.hdr
 	over := func(start, length int64) bool {
 		return length > 0 && off < start+length && start < off+n

@@ -241,7 +241,7 @@ func (img *Image) read(p []byte, off int64) error {
 	return nil
 }
 
-func (s *shared) dataName() string {
+func (s *fileState) dataName() string {
 	if s.dataFilePath != "" {
 		return s.dataFilePath
 	}
@@ -263,7 +263,7 @@ func preadFull(f interface {
 
 // corruptf reports metadata found inconsistent at run time. The image is
 // flagged so that no further write goes through it.
-func (s *shared) corruptf(format string, args ...any) error {
+func (s *fileState) corruptf(format string, args ...any) error {
 	msg := fmt.Sprintf(format, args...)
 	s.markCorrupt(msg)
 	return &FormatError{File: s.path, Msg: "corrupt metadata: " + msg}

@@ -22,7 +22,7 @@ func (w *writer) walkReferences() (*refWalker, error) {
 	}
 	rw := newRefWalker(s, nil)
 	rw.setFileLen(max(fsize, w.end<<s.g.clusterBits))
-	rw.table = w.rc.table
+	rw.table = w.refTable.table
 	rw.skipBadSnapshots = true
 	if err := rw.countAll(); err != nil {
 		var fe *FormatError
@@ -50,7 +50,7 @@ func (w *writer) walkReferences() (*refWalker, error) {
 // program without bitmap support).
 func (w *writer) rebuildRefcounts() error {
 	s := w.img.s
-	r := w.rc
+	r := w.refTable
 	cnt, err := w.walkReferences()
 	if err != nil {
 		return err
@@ -85,7 +85,7 @@ func (w *writer) rebuildRefcounts() error {
 			}
 			if r.table[bi] == 0 {
 				b := w.end
-				if _, err := s.rc.Put(uint64(b << s.g.clusterBits)); err != nil {
+				if _, err := s.refBlocks.Put(uint64(b << s.g.clusterBits)); err != nil {
 					return err
 				}
 				r.table[bi] = uint64(b << s.g.clusterBits)
@@ -113,7 +113,7 @@ func (w *writer) rebuildRefcounts() error {
 		if off == 0 {
 			continue
 		}
-		blk, err := s.rc.Get(off)
+		blk, err := s.refBlocks.Get(off)
 		if err != nil {
 			return err
 		}
@@ -125,9 +125,9 @@ func (w *writer) rebuildRefcounts() error {
 			}
 			setRefcountEntry(blk.Data, i, r.order, v)
 		}
-		s.rc.MarkDirty(blk)
+		s.refBlocks.MarkDirty(blk)
 	}
-	if err := s.rc.Flush(); err != nil {
+	if err := s.refBlocks.Flush(); err != nil {
 		return err
 	}
 	if err := w.writeRefcountTableEntries(); err != nil {

@@ -46,10 +46,10 @@ func setRefcountEntry(block []byte, i int64, order uint32, v uint64) {
 	}
 }
 
-// refcounts is the in-memory view of the refcount structure of a writable
+// refcountTable is the in-memory view of the refcount structure of a writable
 // image: the refcount table (entries = refcount block offsets) and the
-// geometry of refcount blocks. Blocks themselves live in shared.rc.
-type refcounts struct {
+// geometry of refcount blocks. Blocks themselves live in fileState.refBlocks.
+type refcountTable struct {
 	order       uint32
 	perBlock    int64 // entries per refcount block
 	maxRefcount uint64
@@ -58,10 +58,10 @@ type refcounts struct {
 	tableDirty  map[int64]bool // table indexes to write back
 }
 
-func (s *shared) loadRefcounts() (*refcounts, error) {
+func (s *fileState) loadRefcounts() (*refcountTable, error) {
 	h := s.hdr
 	cs := s.g.clusterSize
-	r := &refcounts{
+	r := &refcountTable{
 		order:       h.RefcountOrder,
 		perBlock:    cs * 8 >> h.RefcountOrder,
 		maxRefcount: 1<<(1<<h.RefcountOrder) - 1,
@@ -87,7 +87,7 @@ func (s *shared) loadRefcounts() (*refcounts, error) {
 
 // refcount returns the refcount of host cluster cl. Caller holds s.mu.
 func (w *writer) refcount(cl int64) (uint64, error) {
-	r := w.rc
+	r := w.refTable
 	bi := cl / r.perBlock
 	if bi >= int64(len(r.table)) {
 		return 0, nil
@@ -96,7 +96,7 @@ func (w *writer) refcount(cl int64) (uint64, error) {
 	if boff == 0 {
 		return 0, nil
 	}
-	blk, err := w.img.s.rc.Get(uint64(boff))
+	blk, err := w.img.s.refBlocks.Get(uint64(boff))
 	if err != nil {
 		return 0, err
 	}
@@ -106,7 +106,7 @@ func (w *writer) refcount(cl int64) (uint64, error) {
 // setRefcount sets the refcount of host cluster cl, creating refcount blocks
 // (and growing the refcount table) as needed. Caller holds s.mu.
 func (w *writer) setRefcount(cl int64, v uint64) error {
-	r := w.rc
+	r := w.refTable
 	if v > r.maxRefcount {
 		return fmt.Errorf("refcount of cluster %#x would overflow %d bits", cl<<w.img.s.g.clusterBits, 1<<r.order)
 	}
@@ -121,12 +121,12 @@ func (w *writer) setRefcount(cl int64, v uint64) error {
 			return err
 		}
 	}
-	blk, err := w.img.s.rc.Get(r.table[bi] & refTableOffsetMask)
+	blk, err := w.img.s.refBlocks.Get(r.table[bi] & refTableOffsetMask)
 	if err != nil {
 		return err
 	}
 	setRefcountEntry(blk.Data, cl%r.perBlock, r.order, v)
-	w.img.s.rc.MarkDirty(blk)
+	w.img.s.refBlocks.MarkDirty(blk)
 	if v > 0 {
 		w.noteUsed(cl)
 	}
@@ -141,17 +141,17 @@ func (w *writer) setRefcount(cl int64, v uint64) error {
 // avoid is a cluster the caller is about to use.
 func (w *writer) newRefcountBlock(bi, avoid int64) error {
 	s := w.img.s
-	r := w.rc
+	r := w.refTable
 	b := bi * r.perBlock
 	if b == avoid {
 		b++
 	}
-	blk, err := s.rc.Put(uint64(b << s.g.clusterBits))
+	blk, err := s.refBlocks.Put(uint64(b << s.g.clusterBits))
 	if err != nil {
 		return err
 	}
 	setRefcountEntry(blk.Data, b%r.perBlock, r.order, 1)
-	s.rc.MarkDirty(blk)
+	s.refBlocks.MarkDirty(blk)
 	// Make the block durable before the table points at it, and the table
 	// entry durable before any L2 entry relies on it (new blocks are rare:
 	// one per perBlock clusters of host space).
@@ -182,7 +182,7 @@ func (w *writer) newRefcountBlock(bi, avoid int64) error {
 // over at once (then the old table is freed).
 func (w *writer) growRefcountTable(need, avoid int64) error {
 	s := w.img.s
-	r := w.rc
+	r := w.refTable
 	cs := s.g.clusterSize
 	perCluster := cs / 8
 	entries := max(need+1, int64(len(r.table))) * 3 / 2
@@ -226,7 +226,7 @@ func (w *writer) growRefcountTable(need, avoid int64) error {
 		if newTable[i] != 0 {
 			continue
 		}
-		if _, err := s.rc.Put(uint64(next << s.g.clusterBits)); err != nil {
+		if _, err := s.refBlocks.Put(uint64(next << s.g.clusterBits)); err != nil {
 			return err
 		}
 		newTable[i] = uint64(next << s.g.clusterBits)
@@ -237,18 +237,18 @@ func (w *writer) growRefcountTable(need, avoid int64) error {
 	// Refcounts of the table and new blocks (all within existing blocks now).
 	for cl := start; cl < end; cl++ {
 		bi := cl / r.perBlock
-		blk, err := s.rc.Get(r.table[bi])
+		blk, err := s.refBlocks.Get(r.table[bi])
 		if err != nil {
 			r.table = oldTable
 			return err
 		}
 		setRefcountEntry(blk.Data, cl%r.perBlock, r.order, 1)
-		s.rc.MarkDirty(blk)
+		s.refBlocks.MarkDirty(blk)
 	}
 	w.end = end
 	w.noteUsed(end - 1)
 	// Write blocks, then the table, then switch the header.
-	if err := s.rc.Flush(); err != nil {
+	if err := s.refBlocks.Flush(); err != nil {
 		return err
 	}
 	raw := make([]byte, entries*8)
@@ -279,7 +279,7 @@ func (w *writer) growRefcountTable(need, avoid int64) error {
 
 // writeRefcountTableEntries writes the dirty entries of the refcount table.
 func (w *writer) writeRefcountTableEntries() error {
-	r := w.rc
+	r := w.refTable
 	s := w.img.s
 	for i := range r.tableDirty {
 		s.metaUnsynced.Store(true)

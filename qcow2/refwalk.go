@@ -19,7 +19,7 @@ import (
 
 // refWalker holds the counts of one walk. Caller holds s.mu.
 type refWalker struct {
-	s        *shared
+	s        *fileState
 	res      *CheckResult // findings: corruptions, check errors, messages, statistics
 	cs       int64
 	bits     uint
@@ -43,7 +43,7 @@ type refWalker struct {
 	l1buf, l2buf, scratch []byte // reused by every table read
 }
 
-func newRefWalker(s *shared, progress func(done, total int64)) refWalker {
+func newRefWalker(s *fileState, progress func(done, total int64)) refWalker {
 	if progress == nil {
 		progress = func(int64, int64) {}
 	}

@@ -164,7 +164,7 @@ func encodeSnapshotTable(snaps []snapshot) []byte {
 // bad entry does not: QEMU opens such an image and serves the active disk,
 // and so do we, with the entry kept (a rewrite of the table preserves it)
 // but marked unusable.
-func (s *shared) loadSnapshots(fsize int64) error {
+func (s *fileState) loadSnapshots(fsize int64) error {
 	if s.hdr.NbSnapshots == 0 {
 		return nil
 	}
@@ -183,7 +183,7 @@ func (s *shared) loadSnapshots(fsize int64) error {
 // when its L1 table cannot be read. The L1 checks are those of QEMU's
 // check (an entry failing them is a corruption there too); the disk size
 // must be one QEMU could apply with `qemu-img snapshot -a`.
-func (s *shared) snapshotProblem(sn *snapshot, fsize int64) (problem string, badL1 bool) {
+func (s *fileState) snapshotProblem(sn *snapshot, fsize int64) (problem string, badL1 bool) {
 	cs := uint64(s.g.clusterSize)
 	off, length := sn.L1TableOffset, uint64(sn.L1Size)*8
 	switch {

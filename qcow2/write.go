@@ -18,7 +18,7 @@ type writer struct {
 	ioLock sync.RWMutex
 
 	// The fields below are guarded by img.s.mu.
-	rc       *refcounts
+	refTable *refcountTable
 	end      int64                   // first host cluster past everything allocated
 	freeHint int64                   // where the search for a free cluster starts
 	inflight map[int64]chan struct{} // guest clusters being allocated (or merged)
@@ -39,10 +39,10 @@ type writer struct {
 	bmStarted bool
 	zeroBuf   []byte
 	fileLen   int64 // host file length we know of
-	// fresh is the first host cluster never handed out since open and past
+	// zeroFrom is the first host cluster never handed out since open and past
 	// the file's end then: clusters from here on read as zeros, so a new
 	// data cluster there needs no zero padding written around a write.
-	fresh int64
+	zeroFrom int64
 	// zFree is the free tail of the current compressed cluster: the host
 	// byte where the next compressed run starts (0: none; see
 	// WriteCompressed).
@@ -65,7 +65,7 @@ func (w *writer) init() error {
 	if err != nil {
 		return err
 	}
-	w.rc = rc
+	w.refTable = rc
 	fsize, err := s.fileSize()
 	if err != nil {
 		return err
@@ -74,7 +74,7 @@ func (w *writer) init() error {
 	// not cluster multiples); count it as covered so that an open that
 	// writes nothing never changes the file's length.
 	w.fileLen = s.g.alignUp(fsize)
-	w.fresh = s.g.alignUp(fsize) >> s.g.clusterBits
+	w.zeroFrom = s.g.alignUp(fsize) >> s.g.clusterBits
 	w.end = s.g.alignUp(fsize) >> s.g.clusterBits
 	return nil
 }
@@ -458,7 +458,7 @@ func (w *writer) readsZero(e l2Entry, from, to int64) bool {
 	return true
 }
 
-func (s *shared) markCorrupt(msg string) {
+func (s *fileState) markCorrupt(msg string) {
 	if s.corrupt {
 		return
 	}
