@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 
 	"golang.org/x/sys/unix"
 )
@@ -164,11 +165,18 @@ func backupTo(img *Image, target string, o BackupOptions) error {
 	if err != nil {
 		return err
 	}
-	cp := copyRanges
-	if o.Compress {
-		cp = copyRangesCompressed
+	// The copy is convert's pipeline (parallel reads, zero detection and
+	// compression): the whole disk by block status for a full backup, the
+	// dirty ranges whole for an incremental one (zeros there hide the
+	// previous backup's data).
+	co2 := ConvertOptions{Compress: o.Compress, Sparse: 512, Threads: runtime.NumCPU(), Progress: o.Progress}
+	if co2.Progress == nil {
+		co2.Progress = func(int64, int64) {}
 	}
-	if err := cp(img, dst, ranges, o.BackingFile != "", o.Progress); err != nil {
+	if o.BackingFile != "" {
+		co2.ranges = ranges
+	}
+	if err := convertRun(img, nil, qcow2Out{dst}, img.Size(), cs, co2); err != nil {
 		dst.Close()
 		return fmt.Errorf("backup of %s to %s: %w", img.Path(), target, err)
 	}
@@ -179,113 +187,6 @@ func backupTo(img *Image, target string, o BackupOptions) error {
 		return err
 	}
 	ok = true
-	return nil
-}
-
-// copyRanges copies ranges of src into dst: data is written (a chunk of
-// zero bytes as zeros), zero and unallocated ranges become zero clusters
-// when dst has a backing file and are skipped otherwise.
-func copyRanges(src, dst *Image, ranges [][2]int64, backing bool, progress func(done, total int64)) error {
-	var total, done int64
-	for _, r := range ranges {
-		total += r[1] - r[0]
-	}
-	progress(0, total)
-	buf := make([]byte, copyChunk)
-	const mapChunk = 256 << 20
-	for _, r := range ranges {
-		for off := r[0]; off < r[1]; off += mapChunk {
-			n := min(mapChunk, r[1]-off)
-			exts, err := src.Map(off, n)
-			if err != nil {
-				return err
-			}
-			for _, e := range exts {
-				if e.Kind != ExtentData {
-					if backing {
-						if err := dst.WriteZeroes(e.Offset, e.Length); err != nil {
-							return err
-						}
-					}
-					continue
-				}
-				for o := e.Offset; o < e.Offset+e.Length; o += copyChunk {
-					l := min(copyChunk, e.Offset+e.Length-o)
-					if _, err := src.ReadAt(buf[:l], o); err != nil {
-						return err
-					}
-					switch {
-					case !allZero(buf[:l]):
-						_, err = dst.WriteAt(buf[:l], o)
-					case backing:
-						err = dst.WriteZeroes(o, l)
-					}
-					if err != nil {
-						return err
-					}
-				}
-			}
-			done += n
-			progress(done, total)
-		}
-	}
-	return nil
-}
-
-// copyRangesCompressed is copyRanges writing whole clusters compressed:
-// ranges (cluster-aligned but for the disk's end) go in chunks of whole
-// clusters; a chunk without data is skipped or zeroed at once, the
-// clusters of the others are read and each written compressed, or as
-// zeros (a zero cluster with a backing file, nothing without).
-func copyRangesCompressed(src, dst *Image, ranges [][2]int64, backing bool, progress func(done, total int64)) error {
-	var total, done int64
-	for _, r := range ranges {
-		total += r[1] - r[0]
-	}
-	progress(0, total)
-	cs := src.ClusterSize()
-	chunk := max(copyChunk&^(cs-1), cs)
-	buf := make([]byte, chunk)
-	for _, r := range ranges {
-		for off := r[0]; off < r[1]; off += chunk {
-			n := min(chunk, r[1]-off)
-			exts, err := src.Map(off, n)
-			if err != nil {
-				return err
-			}
-			data := false
-			for _, e := range exts {
-				data = data || e.Kind == ExtentData
-			}
-			if !data {
-				if backing {
-					if err := dst.WriteZeroes(off, n); err != nil {
-						return err
-					}
-				}
-				done += n
-				progress(done, total)
-				continue
-			}
-			if _, err := src.ReadAt(buf[:n], off); err != nil {
-				return err
-			}
-			for o := int64(0); o < n; o += cs {
-				c := buf[o:min(o+cs, n)]
-				switch {
-				case !allZero(c):
-					err = dst.WriteCompressed(off+o, c)
-				case backing:
-					err = dst.WriteZeroes(off+o, int64(len(c)))
-				}
-				if err != nil {
-					return err
-				}
-			}
-			done += n
-			progress(done, total)
-		}
-	}
 	return nil
 }
 

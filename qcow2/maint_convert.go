@@ -61,6 +61,12 @@ type ConvertOptions struct {
 	// Progress, when set, is called with the guest bytes done and the
 	// virtual size.
 	Progress func(done, total int64)
+
+	// ranges, when set (Backup with a bitmap), are what is copied, whole:
+	// data as data, what reads as zeros as zero clusters (hiding the
+	// target's backing file, which is not compared with). nil copies the
+	// source's data extents, by block status.
+	ranges [][2]int64
 }
 
 // Convert copies the guest content of src into target, created (or
@@ -203,7 +209,7 @@ func convertRun(s, back convSource, dst convTarget, size, tcs int64, o ConvertOp
 	go func() {
 		defer close(ordered)
 		defer close(work)
-		prodErr = convertProduce(s, back, size, unit, chunk, o.Sparse == 0, func(off, end int64) bool {
+		prodErr = convertProduce(s, back, size, unit, chunk, o.Sparse == 0, o.ranges, func(off, end int64) bool {
 			j := &convJob{off: off, end: end, done: make(chan struct{})}
 			select {
 			case ordered <- j:
@@ -325,9 +331,9 @@ func applyOps(dst convTarget, j *convJob) error {
 
 // convertProduce calls emit with the ranges to copy, in order, cut at
 // multiples of chunk and rounded out to units: the source's data (with a
-// backing file, also what the backing file holds), or everything when
-// full.
-func convertProduce(s, back convSource, size, unit, chunk int64, full bool, emit func(off, end int64) bool) error {
+// backing file, also what the backing file holds), everything when full,
+// or the given ranges whole.
+func convertProduce(s, back convSource, size, unit, chunk int64, full bool, ranges [][2]int64, emit func(off, end int64) bool) error {
 	const window = 1 << 30
 	next := int64(0) // end of the last range emitted
 	add := func(a, b int64) bool {
@@ -344,6 +350,14 @@ func convertProduce(s, back convSource, size, unit, chunk int64, full bool, emit
 	}
 	if full {
 		add(0, size)
+		return nil
+	}
+	if ranges != nil {
+		for _, r := range ranges {
+			if !add(r[0], r[1]) {
+				return nil
+			}
+		}
 		return nil
 	}
 	for w := int64(0); w < size; w += window {
@@ -427,7 +441,7 @@ func convertJob(s, back convSource, dst convTarget, j *convJob, bbuf []byte, uni
 		}
 		zero := o.Sparse > 0 && allZero(d)
 		switch {
-		case zero && bb != nil:
+		case zero && (bb != nil || o.ranges != nil):
 			j.addOp(convOp{kind: 'z', off: j.off + u, n: ue - u})
 		case zero:
 		case o.Compress:
