@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -210,15 +211,15 @@ func TestRebase(t *testing.T) {
 				t.Fatalf("Rebase: %v", err)
 			}
 			qemuCheckClean(t, top)
-			in := mtQemuInfo(t, top)
-			if in.BackingFile != c.newBacking {
-				t.Errorf("backing file %q, want %q", in.BackingFile, c.newBacking)
+			in := qemuImageInfo(t, top)
+			if in.BackingFilename != c.newBacking {
+				t.Errorf("backing file %q, want %q", in.BackingFilename, c.newBacking)
 			}
-			qin := mtQemuInfo(t, filepath.Join(qdir, "top.qcow2"))
+			qin := qemuImageInfo(t, filepath.Join(qdir, "top.qcow2"))
 			if in.BackingFormat != qin.BackingFormat {
 				t.Errorf("backing format %q, QEMU's rebase wrote %q", in.BackingFormat, qin.BackingFormat)
 			}
-			if in.FormatSpecific.Data != qin.FormatSpecific.Data {
+			if !reflect.DeepEqual(in.FormatSpecific.Data, qin.FormatSpecific.Data) {
 				t.Errorf("format-specific info %+v, QEMU's %+v", in.FormatSpecific.Data, qin.FormatSpecific.Data)
 			}
 			got := mtRaw(t, top)
@@ -252,8 +253,8 @@ func TestRebaseRefusals(t *testing.T) {
 		}
 	}
 	qemuCheckClean(t, top)
-	if in := mtQemuInfo(t, top); in.BackingFile != "" {
-		t.Fatalf("refused rebase left backing file %q", in.BackingFile)
+	if in := qemuImageInfo(t, top); in.BackingFilename != "" {
+		t.Fatalf("refused rebase left backing file %q", in.BackingFilename)
 	}
 }
 

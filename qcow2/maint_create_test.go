@@ -117,41 +117,6 @@ func mtQemuCreate(t testing.TB, path string, size int64, opts string, extra ...s
 	return path
 }
 
-type mtInfo struct {
-	VirtualSize    int64  `json:"virtual-size"`
-	ClusterSize    int64  `json:"cluster-size"`
-	BackingFile    string `json:"backing-filename"`
-	BackingFormat  string `json:"backing-filename-format"`
-	FormatSpecific struct {
-		Data struct {
-			Compat          string `json:"compat"`
-			LazyRefcounts   bool   `json:"lazy-refcounts"`
-			RefcountBits    int    `json:"refcount-bits"`
-			CompressionType string `json:"compression-type"`
-			ExtendedL2      bool   `json:"extended-l2"`
-			DataFile        string `json:"data-file"`
-			DataFileRaw     bool   `json:"data-file-raw"`
-		} `json:"data"`
-	} `json:"format-specific"`
-	Snapshots []struct {
-		ID       string `json:"id"`
-		Name     string `json:"name"`
-		VMState  int64  `json:"vm-state-size"`
-		DateSec  int64  `json:"date-sec"`
-		ICount   *int64 `json:"icount"`
-		ClockSec int64  `json:"vm-clock-sec"`
-	} `json:"snapshots"`
-}
-
-func mtQemuInfo(t testing.TB, path string) mtInfo {
-	t.Helper()
-	out := runCombined(t, filepath.Dir(path), "qemu-img", "info", "-U", "--output=json", path)
-	var in mtInfo
-	if err := json.Unmarshal([]byte(out), &in); err != nil {
-		t.Fatalf("qemu-img info %s: %v\n%s", path, err, out)
-	}
-	return in
-}
 
 type mtMapEntry struct {
 	Start  int64 `json:"start"`
@@ -227,7 +192,7 @@ func TestCreateMatrix(t *testing.T) {
 			if c.o.Size == 0 {
 				wantSize = 4 << 20
 			}
-			in := mtQemuInfo(t, path)
+			in := qemuImageInfo(t, path)
 			d := in.FormatSpecific.Data
 			compat := "1.1"
 			if o.Version == 2 {
@@ -250,7 +215,7 @@ func TestCreateMatrix(t *testing.T) {
 			}
 			check("data-file", d.DataFile, o.DataFile)
 			check("data-file-raw", d.DataFileRaw, o.DataFileRaw)
-			check("backing-filename", in.BackingFile, o.BackingFile)
+			check("backing-filename", in.BackingFilename, o.BackingFile)
 			if c.backing != "" {
 				check("backing-filename-format", in.BackingFormat, c.backing)
 			}

@@ -61,7 +61,7 @@ func TestResize(t *testing.T) {
 			check := func(what string, size int64, want []byte) {
 				t.Helper()
 				qemuCheckClean(t, path)
-				if in := mtQemuInfo(t, path); in.VirtualSize != size {
+				if in := qemuImageInfo(t, path); in.VirtualSize != size {
 					t.Fatalf("%s: qemu-img info virtual size %d, want %d", what, in.VirtualSize, size)
 				}
 				mtSameBytes(t, what+" (qemu)", mtRaw(t, path), want)

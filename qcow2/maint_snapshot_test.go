@@ -191,7 +191,7 @@ func TestSnapshotApplyDelete(t *testing.T) {
 			}
 			qemuCheckClean(t, path)
 			mtSameBytes(t, "after deleting every snapshot", mtRaw(t, path), at2)
-			if in := mtQemuInfo(t, path); len(in.Snapshots) != 0 {
+			if in := qemuImageInfo(t, path); len(in.Snapshots) != 0 {
 				t.Fatalf("snapshots left: %+v", in.Snapshots)
 			}
 			// With no snapshot left every cluster is exclusively owned
@@ -224,7 +224,7 @@ func TestSnapshotApplyRestoresSize(t *testing.T) {
 		t.Fatal(err)
 	}
 	qemuCheckClean(t, path)
-	if in := mtQemuInfo(t, path); in.VirtualSize != 2<<20 {
+	if in := qemuImageInfo(t, path); in.VirtualSize != 2<<20 {
 		t.Fatalf("virtual size after apply = %d", in.VirtualSize)
 	}
 	mtSameBytes(t, "content after apply", mtRaw(t, path), at)
@@ -260,7 +260,7 @@ func TestSnapshotRefcountOverflow(t *testing.T) {
 		t.Fatalf("third snapshot with 2-bit refcounts: %v", err)
 	}
 	qemuCheckClean(t, path)
-	if in := mtQemuInfo(t, path); len(in.Snapshots) != 2 {
+	if in := qemuImageInfo(t, path); len(in.Snapshots) != 2 {
 		t.Fatalf("%d snapshots after the refused create", len(in.Snapshots))
 	}
 	mtSameBytes(t, "content", mtRaw(t, path), want)
@@ -389,7 +389,7 @@ func TestSnapshotEmptyImage(t *testing.T) {
 		}
 		qemuCheckClean(t, path)
 	}
-	if in := mtQemuInfo(t, path); in.VirtualSize != 1<<20 || len(in.Snapshots) != 1 {
+	if in := qemuImageInfo(t, path); in.VirtualSize != 1<<20 || len(in.Snapshots) != 1 {
 		t.Fatalf("info: %+v", in)
 	}
 	mtIO(t, path, "write -P 1 0 4k")

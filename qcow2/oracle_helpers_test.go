@@ -596,6 +596,9 @@ type qemuInfo struct {
 		ID          string `json:"id"`
 		Name        string `json:"name"`
 		VMStateSize uint64 `json:"vm-state-size"`
+		DateSec     int64  `json:"date-sec"`
+		ICount      *int64 `json:"icount"`
+		ClockSec    int64  `json:"vm-clock-sec"`
 	} `json:"snapshots"`
 	FormatSpecific struct {
 		Data struct {
