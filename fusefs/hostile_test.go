@@ -18,39 +18,6 @@ import (
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
 
-// snapshotEntry returns the file offset of snapshot table entry i
-// (docs/interop/qcow2.txt: nb_snapshots at 60, snapshots_offset at 64;
-// entries of 40 bytes + extra data + ID + name, 8-byte aligned).
-func snapshotEntry(t *testing.T, path string, i int) int64 {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	be := binary.BigEndian
-	if n := int(be.Uint32(b[60:])); i >= n {
-		t.Fatalf("%s has %d snapshots, not %d", path, n, i+1)
-	}
-	off := int64(be.Uint64(b[64:]))
-	for ; i > 0; i-- {
-		body := int64(be.Uint32(b[off+36:])) + int64(be.Uint16(b[off+12:])) + int64(be.Uint16(b[off+14:]))
-		off += (40 + body + 7) &^ 7
-	}
-	return off
-}
-
-func patchAt(t *testing.T, path string, off int64, b []byte) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // hostileSnapshotImage: snapshots "s1" (fine), a 300-character name
 // (valid, too long for a file name), one with an unaligned L1
 // table, one whose disk size is 2^64-1, and one whose name holds a '/'.
@@ -66,10 +33,10 @@ func hostileSnapshotImage(t *testing.T, dir string) (path, long string) {
 	for _, name := range []string{"bad\x1b[31m", "huge", "a/b"} {
 		run(t, "qemu-img", "snapshot", "-c", name, path)
 	}
-	bad := snapshotEntry(t, path, 2)
+	bad := testenv.SnapshotEntryOffset(t, path, 2)
 	b, _ := os.ReadFile(path)
-	patchAt(t, path, bad, binary.BigEndian.AppendUint64(nil, binary.BigEndian.Uint64(b[bad:])+512))
-	patchAt(t, path, snapshotEntry(t, path, 3)+40+8, bytes.Repeat([]byte{0xff}, 8)) // disk size
+	testenv.PatchFile(t, path, bad, binary.BigEndian.AppendUint64(nil, binary.BigEndian.Uint64(b[bad:])+512))
+	testenv.PatchFile(t, path, testenv.SnapshotEntryOffset(t, path, 3)+40+8, bytes.Repeat([]byte{0xff}, 8)) // disk size
 	return path, long
 }
 
@@ -162,7 +129,7 @@ func TestHiddenSnapshotWarningsBounded(t *testing.T) {
 		run(t, "qemu-img", "snapshot", "-c", "s"+strings.Repeat("x", i), path)
 	}
 	for i := 0; i < n; i++ {
-		patchAt(t, path, snapshotEntry(t, path, i)+40+8, binary.BigEndian.AppendUint64(nil, 1000)) // disk size
+		testenv.PatchFile(t, path, testenv.SnapshotEntryOffset(t, path, i)+40+8, binary.BigEndian.AppendUint64(nil, 1000)) // disk size
 	}
 	img, err := qcow2.Open(path, qcow2.OpenOptions{ReadOnly: true})
 	if err != nil {

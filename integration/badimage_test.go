@@ -12,21 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
 )
-
-// patchImage overwrites bytes of a file at off.
-func patchImage(t *testing.T, path string, off int64, b []byte) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-}
 
 func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
 func be64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
@@ -46,7 +35,7 @@ func TestBadImages(t *testing.T) {
 		name  string
 		build func(path string)
 	}{
-		{"bad-magic", func(p string) { patchImage(t, p, 0, []byte("XFI\xfb")) }},
+		{"bad-magic", func(p string) { testenv.PatchFile(t, p, 0, []byte("XFI\xfb")) }},
 		{"truncated-header", func(p string) {
 			if err := os.Truncate(p, 50); err != nil {
 				t.Fatal(err)
@@ -57,10 +46,10 @@ func TestBadImages(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
-		{"l1-past-eof", func(p string) { patchImage(t, p, 40, be64(1<<40)) }},
-		{"l1-unaligned", func(p string) { patchImage(t, p, 40, be64(0x30008)) }},
-		{"unknown-incompat-bit", func(p string) { patchImage(t, p, 72, be64(1<<40)) }},
-		{"cluster-bits-30", func(p string) { patchImage(t, p, 20, be32(30)) }},
+		{"l1-past-eof", func(p string) { testenv.PatchFile(t, p, 40, be64(1<<40)) }},
+		{"l1-unaligned", func(p string) { testenv.PatchFile(t, p, 40, be64(0x30008)) }},
+		{"unknown-incompat-bit", func(p string) { testenv.PatchFile(t, p, 72, be64(1<<40)) }},
+		{"cluster-bits-30", func(p string) { testenv.PatchFile(t, p, 20, be32(30)) }},
 		{"encrypted-luks", func(p string) {
 			// qemu-img times PBKDF2 on the thread's CPU clock and gives up
 			// ("Unable to get accurate CPU usage") on a starved machine.

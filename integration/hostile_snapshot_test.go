@@ -11,27 +11,9 @@ import (
 	"sort"
 	"strings"
 	"testing"
-)
 
-// snapshotEntryOffset returns the file offset of snapshot table entry i
-// (docs/interop/qcow2.txt: nb_snapshots at 60, snapshots_offset at 64;
-// entries of 40 bytes + extra data + ID + name, 8-byte aligned).
-func snapshotEntryOffset(t *testing.T, path string, i int) int64 {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	be := binary.BigEndian
-	if n := int(be.Uint32(b[60:])); i >= n {
-		t.Fatalf("%s has %d snapshots, not %d", path, n, i+1)
-	}
-	off := int64(be.Uint64(b[64:]))
-	for ; i > 0; i-- {
-		off += (40 + int64(be.Uint32(b[off+36:])) + int64(be.Uint16(b[off+12:])) + int64(be.Uint16(b[off+14:])) + 7) &^ 7
-	}
-	return off
-}
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
+)
 
 // TestHostileSnapshotMount: an image with one bad snapshot table entry (an
 // unaligned L1 table offset, under a name holding a terminal escape) and a
@@ -53,9 +35,9 @@ func TestHostileSnapshotMount(t *testing.T) {
 	long := strings.Repeat("L", 300)
 	run(t, qcow2fsBin, "snapshot", "create", long, img)
 	qemuIO(t, img, "write -P 0x33 1M 1M")
-	bad := snapshotEntryOffset(t, img, 1)
+	bad := testenv.SnapshotEntryOffset(t, img, 1)
 	b, _ := os.ReadFile(img)
-	patchImage(t, img, bad, be64(binary.BigEndian.Uint64(b[bad:])+512))
+	testenv.PatchFile(t, img, bad, be64(binary.BigEndian.Uint64(b[bad:])+512))
 
 	if r := execute("", "qemu-img", "check", img); r.Code != 2 {
 		t.Fatalf("qemu-img check: %s (want exit 2)", r)

@@ -16,6 +16,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 // maintRun runs qcow2fs with args from dir (may be "").
@@ -302,26 +304,26 @@ func TestMaintCheck(t *testing.T) {
 		repair string // "" for no repair test
 	}{
 		{"clean", func(string) {}, 0, "all"},
-		{"header-refcount-2", func(img string) { patchImage(t, img, lay.refblock, be16(2)) }, 3, "leaks"},
+		{"header-refcount-2", func(img string) { testenv.PatchFile(t, img, lay.refblock, be16(2)) }, 3, "leaks"},
 		{"leaked-cluster", func(img string) {
 			// A cluster past the old end with a refcount but no user (an
 			// allocation a crash interrupted).
-			patchImage(t, img, fileEnd+lay.cs-1, []byte{0})
-			patchImage(t, img, lay.refblock+2*(fileEnd/lay.cs), be16(1))
+			testenv.PatchFile(t, img, fileEnd+lay.cs-1, []byte{0})
+			testenv.PatchFile(t, img, lay.refblock+2*(fileEnd/lay.cs), be16(1))
 		}, 3, "all"},
-		{"used-refcount-0", func(img string) { patchImage(t, img, lay.refblock+2*(data0/lay.cs), be16(0)) }, 2, "all"},
+		{"used-refcount-0", func(img string) { testenv.PatchFile(t, img, lay.refblock+2*(data0/lay.cs), be16(0)) }, 2, "all"},
 		{"copied-flag-clear", func(img string) {
-			patchImage(t, img, lay.l2, be64(lay.l2Entry(t, img, 0)&^(1<<63)))
+			testenv.PatchFile(t, img, lay.l2, be64(lay.l2Entry(t, img, 0)&^(1<<63)))
 		}, 2, "all"},
 		{"copied-flag-set-shared", func(img string) {
 			// Refcount 2 but COPIED set: a leak and a wrong flag.
-			patchImage(t, img, lay.refblock+2*(data1/lay.cs), be16(2))
+			testenv.PatchFile(t, img, lay.refblock+2*(data1/lay.cs), be16(2))
 		}, 2, "all"},
 		{"l2-unaligned", func(img string) {
-			patchImage(t, img, lay.l2+8, be64(lay.l2Entry(t, img, 1)+512))
+			testenv.PatchFile(t, img, lay.l2+8, be64(lay.l2Entry(t, img, 1)+512))
 		}, 2, ""},
 		{"l2-past-end", func(img string) {
-			patchImage(t, img, lay.l2+8*2, be64(1<<63|uint64(fileEnd+16*lay.cs)))
+			testenv.PatchFile(t, img, lay.l2+8*2, be64(1<<63|uint64(fileEnd+16*lay.cs)))
 		}, 2, ""},
 	}
 	for _, c := range cases {

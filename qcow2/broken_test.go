@@ -41,7 +41,7 @@ func goodImage(t *testing.T, dir, name, opts string) string {
 func patched(off int64, b []byte) func(t *testing.T, dir string) string {
 	return func(t *testing.T, dir string) string {
 		p := goodImage(t, dir, "disk.qcow2", "")
-		patchFile(t, p, off, b)
+		testenv.PatchFile(t, p, off, b)
 		return p
 	}
 }
@@ -89,7 +89,7 @@ func brokenCases() []brokenCase {
 		{name: "l1-unaligned", make: func(t *testing.T, dir string) string {
 			p := goodImage(t, dir, "disk.qcow2", "")
 			h := readHeaderOf(t, p)
-			patchFile(t, p, hdrL1Offset, be64(h.L1TableOffset+512))
+			testenv.PatchFile(t, p, hdrL1Offset, be64(h.L1TableOffset+512))
 			return p
 		}, want: []string{"L1 table", "aligned"}},
 		{name: "l1-zero-offset", make: patched(hdrL1Offset, be64(0)), want: []string{"L1 table"}},
@@ -113,7 +113,7 @@ func brokenCases() []brokenCase {
 		{name: "header-length-huge", make: patched(hdrHeaderLength, be32(1<<20)), want: []string{"header_length"}},
 		{name: "compression-type-unknown", make: func(t *testing.T, dir string) string {
 			p := goodImage(t, dir, "disk.qcow2", "compression_type=zstd")
-			patchFile(t, p, hdrCompression, []byte{9})
+			testenv.PatchFile(t, p, hdrCompression, []byte{9})
 			return p
 		}, want: []string{"compression type 9"}},
 		{name: "compression-type-without-bit", make: patched(hdrCompression, []byte{1}), want: []string{"compression type"}},
@@ -123,7 +123,7 @@ func brokenCases() []brokenCase {
 			if off < 0 {
 				t.Fatal("no feature table extension")
 			}
-			patchFile(t, p, off+4, be32(0x10000))
+			testenv.PatchFile(t, p, off+4, be32(0x10000))
 			return p
 		}, want: []string{"extension", "past"}},
 		{name: "extension-area-unterminated", make: func(t *testing.T, dir string) string {
@@ -135,13 +135,13 @@ func brokenCases() []brokenCase {
 			for i := 0; i+8 <= len(area); i += 8 {
 				binary.BigEndian.PutUint32(area[i:], 0x12345678)
 			}
-			patchFile(t, p, int64(h.HeaderLength), area)
+			testenv.PatchFile(t, p, int64(h.HeaderLength), area)
 			return p
 		}, want: []string{"extension"}},
 		{name: "snapshot-table-past-eof", make: func(t *testing.T, dir string) string {
 			p := goodImage(t, dir, "disk.qcow2", "")
-			patchFile(t, p, hdrNbSnapshots, be32(1))
-			patchFile(t, p, hdrSnapshotsOff, be64(1<<40))
+			testenv.PatchFile(t, p, hdrNbSnapshots, be32(1))
+			testenv.PatchFile(t, p, hdrSnapshotsOff, be64(1<<40))
 			return p
 		}, want: []string{"snapshot table"}},
 		// (A bad snapshot entry does not refuse the image, as in QEMU:
@@ -149,14 +149,14 @@ func brokenCases() []brokenCase {
 		{name: "too-many-snapshots", make: patched(hdrNbSnapshots, be32(1<<20)), want: []string{"snapshots"}},
 		{name: "backing-name-outside-cluster", make: func(t *testing.T, dir string) string {
 			p := goodImage(t, dir, "disk.qcow2", "")
-			patchFile(t, p, hdrBackingOffset, be64(uint64(64*kib-4)))
-			patchFile(t, p, hdrBackingSize, be32(100))
+			testenv.PatchFile(t, p, hdrBackingOffset, be64(uint64(64*kib-4)))
+			testenv.PatchFile(t, p, hdrBackingSize, be32(100))
 			return p
 		}, want: []string{"backing file name"}},
 		{name: "backing-name-too-long", make: func(t *testing.T, dir string) string {
 			p := goodImage(t, dir, "disk.qcow2", "")
-			patchFile(t, p, hdrBackingOffset, be64(4096))
-			patchFile(t, p, hdrBackingSize, be32(5000))
+			testenv.PatchFile(t, p, hdrBackingOffset, be64(4096))
+			testenv.PatchFile(t, p, hdrBackingSize, be32(5000))
 			return p
 		}, want: []string{"backing file name"}},
 		{name: "backing-loop-a-b-a", make: func(t *testing.T, dir string) string {
@@ -181,13 +181,13 @@ func brokenCases() []brokenCase {
 		{name: "backing-format-unknown", notFormat: true, make: func(t *testing.T, dir string) string {
 			createImage(t, dir, "base.qcow2", 1*mib, "")
 			a := createImage(t, dir, "disk.qcow2", 1*mib, "", "-b", "base.qcow2", "-F", "qcow2")
-			patchFile(t, a, findExtension(t, a, ExtBackingFmt)+8, []byte("vmdk2"))
+			testenv.PatchFile(t, a, findExtension(t, a, ExtBackingFmt)+8, []byte("vmdk2"))
 			return a
 		}, want: []string{"backing", "vmdk2"}},
 		{name: "backing-broken", notFormat: true, make: func(t *testing.T, dir string) string {
 			b := createImage(t, dir, "base.qcow2", 1*mib, "")
 			a := createImage(t, dir, "disk.qcow2", 1*mib, "", "-b", "base.qcow2", "-F", "qcow2")
-			patchFile(t, b, hdrIncompat, be64(1<<20))
+			testenv.PatchFile(t, b, hdrIncompat, be64(1<<20))
 			return a
 		}, want: []string{"disk.qcow2", "base.qcow2", "bit 20"}},
 		{name: "data-file-missing", make: func(t *testing.T, dir string) string {
@@ -197,7 +197,7 @@ func brokenCases() []brokenCase {
 		}, want: []string{"external data file", "disk.data"}},
 		{name: "data-file-bit-without-name", make: func(t *testing.T, dir string) string {
 			p := createImage(t, dir, "disk.qcow2", 1*mib, "data_file=disk.data")
-			patchFile(t, p, findExtension(t, p, ExtDataFile), be32(0x7a7a7a7a))
+			testenv.PatchFile(t, p, findExtension(t, p, ExtDataFile), be32(0x7a7a7a7a))
 			return p
 		}, want: []string{"external data file"}},
 	}
@@ -211,7 +211,7 @@ func renameBacking(t *testing.T, path, name string) {
 	if int(h.BackingFileSize) != len(name) {
 		t.Fatalf("backing name of %s has %d bytes, %q has %d", path, h.BackingFileSize, name, len(name))
 	}
-	patchFile(t, path, int64(h.BackingFileOffset), []byte(name))
+	testenv.PatchFile(t, path, int64(h.BackingFileOffset), []byte(name))
 }
 
 func TestBrokenImages(t *testing.T) {
@@ -258,29 +258,29 @@ func TestBrokenAtReadTime(t *testing.T) {
 		want   string
 	}{
 		{name: "l1-entry-unaligned", damage: func(t *testing.T, p string, h Header, l2off int64, l2e uint64) {
-			patchFile(t, p, int64(h.L1TableOffset), be64(uint64(l2off+512)|oflagCopied))
+			testenv.PatchFile(t, p, int64(h.L1TableOffset), be64(uint64(l2off+512)|oflagCopied))
 		}, want: "not cluster-aligned"},
 		{name: "l1-entry-past-eof", damage: func(t *testing.T, p string, h Header, l2off int64, l2e uint64) {
-			patchFile(t, p, int64(h.L1TableOffset), be64(uint64(1<<40)|oflagCopied))
+			testenv.PatchFile(t, p, int64(h.L1TableOffset), be64(uint64(1<<40)|oflagCopied))
 		}, want: "L2 table"},
 		{name: "l2-entry-unaligned", damage: func(t *testing.T, p string, h Header, l2off int64, l2e uint64) {
-			patchFile(t, p, l2off, be64(l2e+512))
+			testenv.PatchFile(t, p, l2off, be64(l2e+512))
 		}, want: "not cluster-aligned"},
 		{name: "compressed-past-eof", opts: "compression_type=zlib", damage: func(t *testing.T, p string, h Header, l2off int64, l2e uint64) {
-			patchFile(t, p, l2off, be64(oflagCompressed|1<<40))
+			testenv.PatchFile(t, p, l2off, be64(oflagCompressed|1<<40))
 		}, want: "compressed cluster"},
 		{name: "compressed-garbage-zlib", damage: func(t *testing.T, p string, h Header, l2off int64, l2e uint64) {
 			// Point at the L1 table: not a deflate stream.
-			patchFile(t, p, l2off, be64(oflagCompressed|h.L1TableOffset))
+			testenv.PatchFile(t, p, l2off, be64(oflagCompressed|h.L1TableOffset))
 		}, want: "compressed cluster"},
 		{name: "compressed-garbage-zstd", opts: "compression_type=zstd", damage: func(t *testing.T, p string, h Header, l2off int64, l2e uint64) {
-			patchFile(t, p, l2off, be64(oflagCompressed|h.L1TableOffset))
+			testenv.PatchFile(t, p, l2off, be64(oflagCompressed|h.L1TableOffset))
 		}, want: "compressed cluster"},
 		{name: "extended-l2-allocated-and-zero", opts: "extended_l2=on", damage: func(t *testing.T, p string, h Header, l2off int64, l2e uint64) {
-			patchFile(t, p, l2off+8, be64(1|1<<32))
+			testenv.PatchFile(t, p, l2off+8, be64(1|1<<32))
 		}, want: "both allocated and zero"},
 		{name: "extended-l2-allocated-without-cluster", opts: "extended_l2=on", damage: func(t *testing.T, p string, h Header, l2off int64, l2e uint64) {
-			patchFile(t, p, l2off, be64(0))
+			testenv.PatchFile(t, p, l2off, be64(0))
 		}, want: "unallocated cluster"},
 	}
 	for _, c := range cases {
@@ -351,7 +351,7 @@ func TestCorruptBitReadOnly(t *testing.T) {
 	needQEMU(t)
 	dir := t.TempDir()
 	p := goodImage(t, dir, "disk.qcow2", "")
-	patchFile(t, p, hdrIncompat, be64(IncompatCorrupt))
+	testenv.PatchFile(t, p, hdrIncompat, be64(IncompatCorrupt))
 	raw := convertToRaw(t, p, t.TempDir())
 	before := testenv.HashTree(t, dir)
 

@@ -10,6 +10,8 @@ import (
 	"os"
 	"strconv"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 // A view whose size is near the int64 limit reads and maps its end without
@@ -61,7 +63,7 @@ func TestVirtualSizeUnaligned(t *testing.T) {
 			dir := t.TempDir()
 			p := createImage(t, dir, "disk.qcow2", 1*mib, "")
 			qemuIO(t, p, "qcow2", []ioOp{write(0xaa, 0, 4096), write(0xbb, 1*mib-4096, 4096)})
-			patchFile(t, p, hdrSize, be64(uint64(size)))
+			testenv.PatchFile(t, p, hdrSize, be64(uint64(size)))
 			want := size &^ 511
 			qi := qemuImageInfo(t, p)
 			if qi.VirtualSize != want {

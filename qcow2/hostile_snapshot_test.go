@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 // Offsets inside a snapshot table entry (docs/interop/qcow2.txt).
@@ -114,7 +116,7 @@ func TestSnapshotBadEntry(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			patchFile(t, p, ents[0]+c.field, c.value(binary.BigEndian.Uint64(orig[ents[0]+snapL1Offset:])))
+			testenv.PatchFile(t, p, ents[0]+c.field, c.value(binary.BigEndian.Uint64(orig[ents[0]+snapL1Offset:])))
 
 			// QEMU: info works, the active disk converts, check's verdict.
 			qemuImg(t, dir, "info", p)
@@ -197,8 +199,8 @@ func TestSnapshotBadEntryDirty(t *testing.T) {
 	qemuIO(t, p, "qcow2", []ioOp{write(0xaa, 0, 64*kib)})
 	qemuImg(t, dir, "snapshot", "-c", "s1", "disk.qcow2")
 	ents := snapshotEntries(t, p)
-	patchFile(t, p, ents[0]+snapL1Size, be32(math.MaxUint32))
-	patchFile(t, p, hdrIncompat, be64(IncompatDirty))
+	testenv.PatchFile(t, p, ents[0]+snapL1Size, be32(math.MaxUint32))
+	testenv.PatchFile(t, p, hdrIncompat, be64(IncompatDirty))
 
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -256,7 +258,7 @@ func TestSnapshotDiskSize(t *testing.T) {
 			dir := t.TempDir()
 			p := twoSnapshotImage(t, dir)
 			ents := snapshotEntries(t, p)
-			patchFile(t, p, ents[0]+snapExtraDisk, be64(c.size))
+			testenv.PatchFile(t, p, ents[0]+snapExtraDisk, be64(c.size))
 
 			cp := filepath.Join(dir, "applied.qcow2")
 			copyFile(t, p, cp)

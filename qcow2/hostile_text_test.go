@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
 
 // noControl fails if text holds a raw control character (terminal escapes,
@@ -43,11 +45,11 @@ func TestImageTextEscaped(t *testing.T) {
 	e := ents[2]
 	orig, _ := os.ReadFile(p)
 	l1 := binary.BigEndian.Uint64(orig[e:])
-	patchFile(t, p, e+snapL1Offset, be64(l1+512))
+	testenv.PatchFile(t, p, e+snapL1Offset, be64(l1+512))
 	idLen := int64(binary.BigEndian.Uint16(orig[e+snapIDLen:]))
 	extraLen := int64(binary.BigEndian.Uint32(orig[e+snapExtraLen:]))
-	patchFile(t, p, e+snapshotHeaderLen+extraLen+idLen+20, []byte{0})
-	patchFile(t, p, e+snapshotHeaderLen+extraLen, []byte{0x1b})
+	testenv.PatchFile(t, p, e+snapshotHeaderLen+extraLen+idLen+20, []byte{0})
+	testenv.PatchFile(t, p, e+snapshotHeaderLen+extraLen, []byte{0x1b})
 
 	img, err := Open(p, OpenOptions{ReadOnly: true})
 	if err != nil {
@@ -102,7 +104,7 @@ func TestImageTextEscaped(t *testing.T) {
 		} else {
 			q = createImage(t, d, "top.qcow2", 1*mib, c.opts)
 			off := findExtension(t, q, ExtDataFile)
-			patchFile(t, q, off+8, []byte("\x1b[2Jx"))
+			testenv.PatchFile(t, q, off+8, []byte("\x1b[2Jx"))
 			os.Remove(filepath.Join(d, "data.raw"))
 		}
 		var warns []string

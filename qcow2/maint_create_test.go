@@ -117,7 +117,6 @@ func mtQemuCreate(t testing.TB, path string, size int64, opts string, extra ...s
 	return path
 }
 
-
 type mtMapEntry struct {
 	Start  int64 `json:"start"`
 	Length int64 `json:"length"`

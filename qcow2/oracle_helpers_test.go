@@ -678,19 +678,6 @@ func compareInfo(t testing.TB, img *Image, path string) qemuInfo {
 	return qi
 }
 
-// patchFile overwrites bytes of a file at off.
-func patchFile(t testing.TB, path string, off int64, b []byte) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // be16/be32/be64 encode big-endian integers for patchFile.
 func be32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)} }
 func be64(v uint64) []byte { return append(be32(uint32(v>>32)), be32(uint32(v))...) }

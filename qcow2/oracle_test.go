@@ -290,7 +290,7 @@ func backingCases() []oracleCase {
 			if off < 0 {
 				t.Fatal("no backing format extension found")
 			}
-			patchFile(t, p, off, be32(0x7a7a7a7a))
+			testenv.PatchFile(t, p, off, be32(0x7a7a7a7a))
 			return p
 		}},
 		{name: "backing/qcow2", build: func(t *testing.T, dir string) string {

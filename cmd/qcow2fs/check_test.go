@@ -18,24 +18,12 @@ import (
 )
 
 // patchU64/patchU32 write big-endian values into an image file.
-func patchBytes(t *testing.T, path string, off int64, b []byte) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func patchU64(t *testing.T, path string, off int64, v uint64) {
-	patchBytes(t, path, off, binary.BigEndian.AppendUint64(nil, v))
+	testenv.PatchFile(t, path, off, binary.BigEndian.AppendUint64(nil, v))
 }
 
 func patchU32(t *testing.T, path string, off int64, v uint32) {
-	patchBytes(t, path, off, binary.BigEndian.AppendUint32(nil, v))
+	testenv.PatchFile(t, path, off, binary.BigEndian.AppendUint32(nil, v))
 }
 
 func readU64(t *testing.T, path string, off int64) uint64 {
@@ -111,7 +99,7 @@ func TestCheckExitCodesVsQEMU(t *testing.T) {
 			patchU32(t, p, ext, 1<<32-1)
 		}, 1, "4294967295 bitmaps"},
 		{"bitmap-granularity-63", true, func(t *testing.T, p string, ext int64) {
-			patchBytes(t, p, int64(readU64(t, p, ext+16))+17, []byte{63})
+			testenv.PatchFile(t, p, int64(readU64(t, p, ext+16))+17, []byte{63})
 		}, 1, "doesn't satisfy the constraints"},
 		{"bitmap-table-near-2^63-huge", true, func(t *testing.T, p string, ext int64) {
 			dir := int64(readU64(t, p, ext+16))

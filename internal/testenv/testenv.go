@@ -8,6 +8,7 @@ package testenv
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"io"
 	"io/fs"
@@ -121,4 +122,40 @@ func SameHashes(t testing.TB, before, after map[string]string) {
 			t.Errorf("%s appeared", p)
 		}
 	}
+}
+
+// PatchFile overwrites bytes of a file at off: the hand surgery of the
+// tests that corrupt images.
+func PatchFile(t testing.TB, path string, off int64, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// SnapshotEntryOffset returns the file offset of entry i of a qcow2
+// image's snapshot table, read from the raw bytes (docs/interop/qcow2.txt:
+// nb_snapshots at 60, snapshots_offset at 64; entries of 40 bytes + extra
+// data + ID + name, 8-byte aligned), for tests that damage one entry.
+func SnapshotEntryOffset(t testing.TB, path string, i int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := binary.BigEndian
+	if n := int(be.Uint32(b[60:])); i >= n {
+		t.Fatalf("%s has %d snapshots, not %d", path, n, i+1)
+	}
+	off := int64(be.Uint64(b[64:]))
+	for ; i > 0; i-- {
+		body := int64(be.Uint32(b[off+36:])) + int64(be.Uint16(b[off+12:])) + int64(be.Uint16(b[off+14:]))
+		off += (40 + body + 7) &^ 7
+	}
+	return off
 }
