@@ -24,7 +24,7 @@ func (b *bench) runExt4() error {
 		rows = append(rows, b.addRow(sc.id, sc.title, sc.unit))
 	}
 	logf("== ext4 on a loop device over the exposed file")
-	for _, t := range allTargets {
+	for _, t := range b.targets() {
 		logf("-- %s", t)
 		d, err := b.freshDisk(t, filepath.Join(b.work, "ext4"), diskSize)
 		if err != nil {
