@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"strings"
+
+	"github.com/qcow2fs/qcow2fs/fusefs"
 )
 
 // mountConfig is everything a mount needs, resolved to absolute paths so
@@ -18,6 +20,7 @@ type mountConfig struct {
 	AllowRoot          bool     `json:"allow_root"`
 	DefaultPermissions bool     `json:"default_permissions"`
 	DirectIO           bool     `json:"direct_io"`
+	URing              string   `json:"uring,omitempty"`
 	NoSnapshots        bool     `json:"no_snapshots"`
 	NoBacking          bool     `json:"no_backing"`
 	Partitions         bool     `json:"partitions"`
@@ -27,6 +30,8 @@ type mountConfig struct {
 	// Overlay is the qcow2 file that takes the writes of a mount of one
 	// (evidence) image, which it has as its backing file.
 	Overlay string `json:"overlay"`
+	// transport is the one the daemon's mount uses (for the run state).
+	transport string
 }
 
 // ignoredOptions are the generic mount options mount(8), mount.fuse3 and
@@ -75,6 +80,11 @@ func applyMountOptions(cfg *mountConfig, arg string) error {
 			cfg.DefaultPermissions = true
 		case key == "direct_io" && !hasVal:
 			cfg.DirectIO = true
+		case key == "uring" && hasVal:
+			if err := fusefs.CheckURing(val); err != nil {
+				return fmt.Errorf("mount option %q: want auto, on or off", opt)
+			}
+			cfg.URing = val
 		case key == "debug" && !hasVal:
 			cfg.Debug = true
 		case key == "cache_size" && hasVal:

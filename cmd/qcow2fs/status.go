@@ -10,6 +10,8 @@ import (
 	"text/tabwriter"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/qcow2fs/qcow2fs/fusefs"
 )
 
 const statusUsage = `Usage: qcow2fs status [--output human|json]
@@ -38,7 +40,8 @@ type mountStatus struct {
 	Why        string   `json:"why,omitempty"` // for not-responding: stopped, or no answer in time
 	Images     []string `json:"images,omitempty"`
 	Partitions bool     `json:"partitions,omitempty"`
-	Options    string   `json:"options"` // the mount's options (ro,nosuid,nodev,...)
+	Options    string   `json:"options"`             // the mount's options (ro,nosuid,nodev,...)
+	Transport  string   `json:"transport,omitempty"` // classic or io_uring
 }
 
 func cmdStatus(args []string) error {
@@ -86,6 +89,7 @@ func statusOf(h mountHealth) mountStatus {
 		}
 		st.PID = rs.PID
 		st.Images, st.Overlay, st.Partitions = rs.Images, rs.Overlay, rs.Partitions
+		st.Transport = rs.Transport
 	}
 	return st
 }
@@ -104,6 +108,9 @@ func printStatus(w io.Writer, list []mountStatus) {
 		}
 		if st.Partitions {
 			mode += " +partitions"
+		}
+		if st.Transport == fusefs.TransportURing {
+			mode += " +io_uring"
 		}
 		pid := "-"
 		if st.PID != 0 {
