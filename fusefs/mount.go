@@ -169,7 +169,7 @@ func (srv *Server) mountURing(raw fuse.RawFileSystem, mountpoint string, mopts f
 	}
 	srv.uring = tr
 	srv.transport = TransportURing
-	opts.Log.Infof("FUSE transport: io_uring (%d ring entries per CPU)", uringDepth)
+	opts.Log.Infof("FUSE transport: io_uring (%d ring entries per CPU)", uringTune.depth)
 	return nil
 }
 

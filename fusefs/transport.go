@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -177,6 +178,31 @@ var inlineOps = map[uint32]bool{
 	46: true, // LSEEK
 }
 
+// uringTune holds the transport's knobs, for measurements:
+// QCOW2FS_URING_TUNE=depth=N,pin=0|1,async=all. Pinning each queue's thread to
+// its CPU (as libfuse does) measured 1.2-2x faster at QD32 on 2 CPUs.
+var uringTune = func() (t struct {
+	depth    int
+	pin      bool
+	allAsync bool
+}) {
+	t.depth, t.pin = uringDepth, true
+	for _, kv := range strings.Split(os.Getenv("QCOW2FS_URING_TUNE"), ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "depth":
+			if n, err := strconv.Atoi(v); err == nil && n > 0 && n <= 1024 {
+				t.depth = n
+			}
+		case "pin":
+			t.pin = v == "1"
+		case "async":
+			t.allAsync = v == "all"
+		}
+	}
+	return t
+}()
+
 // startURing serves the connection of fsrv (mounted on descriptor fd)
 // over io_uring too.
 func startURing(fsrv *fuse.Server, raw fuse.RawFileSystem, mopts *fuse.MountOptions, fd int, logf func(string, ...any)) (*fuseuring.Transport, error) {
@@ -193,7 +219,7 @@ func startURing(fsrv *fuse.Server, raw fuse.RawFileSystem, mopts *fuse.MountOpti
 	payload := max(mopts.MaxWrite, maxPages*page, 8192)
 	return fuseuring.Start(fuseuring.Config{
 		FD:          fd,
-		Depth:       uringDepth,
+		Depth:       uringTune.depth,
 		PayloadSize: payload,
 		Handle: func(in, out [][]byte) int {
 			n, st := ps.HandleRequest(in, out)
@@ -202,7 +228,8 @@ func startURing(fsrv *fuse.Server, raw fuse.RawFileSystem, mopts *fuse.MountOpti
 			}
 			return n
 		},
-		Async: func(op uint32) bool { return !inlineOps[op] },
+		Async: func(op uint32) bool { return uringTune.allAsync || !inlineOps[op] },
+		Pin:   uringTune.pin,
 		Logf:  logf,
 	})
 }

@@ -91,6 +91,8 @@ type Config struct {
 	// thread: those that may block for long (fsync, flush) and would
 	// hold up the requests behind them.
 	Async func(opcode uint32) bool
+	// Pin binds each queue's thread to the queue's CPU.
+	Pin bool
 	// Logf receives unexpected conditions.
 	Logf func(format string, args ...any)
 }
@@ -210,9 +212,11 @@ func (q *queue) run(started chan<- error) {
 	// requests of its queue come from.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	var set unix.CPUSet
-	set.Set(q.qid)
-	unix.SchedSetaffinity(0, &set) // best effort: the CPU may be offline
+	if q.t.cfg.Pin {
+		var set unix.CPUSet
+		set.Set(q.qid)
+		unix.SchedSetaffinity(0, &set) // best effort: the CPU may be offline
+	}
 	err := q.setup()
 	if err != nil {
 		q.teardown()
