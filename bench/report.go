@@ -191,7 +191,7 @@ func (b *bench) writeReport(path string, m machine, started time.Time, took time
 		"filled once by a 1 MiB sequential write, on the exposed file and on `losetup --direct-io=on` of it; all targets' disks exposed at once, "+
 		"each scenario run on them back to back. Where the kernel has FUSE over io_uring switched on "+
 		"(`/sys/module/fuse/parameters/enable_uring`), qcow2fs runs twice: `-o uring=off` (classic /dev/fuse loop) and `-o uring=on`.\n")
-	fmt.Fprintf(w, "- ext4 rows: `losetup --direct-io=on` on the exposed file of a fresh disk, `mkfs.ext4` (no lazy init), "+
+	fmt.Fprintf(w, "- ext4 rows: `losetup --direct-io=on` (and, in the buffered rows, `--direct-io=off`) on the exposed file of a fresh disk, `mkfs.ext4` (no lazy init), "+
 		"fio on a 1 GiB file inside, then `fsck.ext4 -fn` to check the file system survived.\n")
 	fmt.Fprintf(w, "- Peak RSS: VmHWM of the serving process after %d s of fio `randrw` (70%% reads, 4 KiB, 2 jobs) spread over a fresh 1 TiB image; qcow2fs with its default cache.\n", b.cfg.runtime+b.cfg.ramp)
 	fmt.Fprintf(w, "- Mount time: median of %d, from starting `qcow2fs mount` (or `qemu-storage-daemon`) until the raw file answers `stat` with its size; "+
