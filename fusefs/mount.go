@@ -165,10 +165,12 @@ func (srv *Server) mountURing(raw fuse.RawFileSystem, mountpoint string, mopts f
 		// sure of it in case none was sent, and keep serving there.
 		fuseuring.Refuse(fd)
 		opts.Log.Warnf("FUSE over io_uring not used: %v", err)
+		pollHack(mountpoint)
 		return nil
 	}
 	srv.uring = tr
 	srv.transport = TransportURing
+	pollHack(mountpoint)
 	opts.Log.Infof("FUSE transport: io_uring (%d ring entries per CPU)", uringTune.depth)
 	return nil
 }

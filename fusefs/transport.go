@@ -11,6 +11,7 @@ import (
 	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/qcow2fs/qcow2fs/internal/fuseuring"
 	"github.com/qcow2fs/qcow2fs/internal/uring"
@@ -247,4 +248,22 @@ func unmountFD(mountpoint string) error {
 		time.Sleep(delay)
 	}
 	return err
+}
+
+// pollHack does for a mount on our own descriptor what go-fuse's
+// WaitMount does for its own mounts (and skips for /dev/fd/N): it makes
+// the kernel send one FUSE_POLL, on go-fuse's special file, which go-fuse
+// answers ENOSYS, so that the kernel sends no more. Otherwise a FUSE file
+// opened by this very process (the unit tests; Go registers every opened
+// file with its epoll) makes epoll_ctl wait for a POLL answer while
+// holding the runtime's epoll lock, and the scheduler, polling that epoll,
+// stalls with it: nothing is left to answer.
+func pollHack(mountpoint string) {
+	fd, err := syscall.Open(mountpoint+"/.go-fuse-epoll-hack", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI | unix.POLLOUT}}
+	unix.Poll(pfd, 0)
+	syscall.Close(fd)
 }
