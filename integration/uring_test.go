@@ -21,17 +21,12 @@ func enableFUSEURing() error {
 	return os.WriteFile(fuseURingParam, []byte("Y\n"), 0o644)
 }
 
-// requireFUSEURing skips the test, loudly, on a kernel without FUSE over
-// io_uring (CONFIG_FUSE_IO_URING, Linux 6.14+), and switches it on.
+// requireFUSEURing needs a kernel with FUSE over io_uring
+// (CONFIG_FUSE_IO_URING, Linux 6.14+: the enable_uring parameter exists;
+// requireTools skips, loudly, or fails on CI without it) and switches it on.
 func requireFUSEURing(t *testing.T) {
 	t.Helper()
-	requireEnv(t)
-	if _, err := os.Stat(fuseURingParam); err != nil {
-		if os.Getenv("CI") != "" && os.Getenv("QCOW2FS_URING") == "on" {
-			t.Fatalf("QCOW2FS_URING=on but the kernel has no FUSE over io_uring (%s)", fuseURingParam)
-		}
-		t.Skipf("SKIPPED (machine lacks a requirement): the kernel has no FUSE over io_uring (%s)", fuseURingParam)
-	}
+	requireTools(t, fuseURingParam)
 	if err := enableFUSEURing(); err != nil {
 		t.Fatalf("switching FUSE over io_uring on: %v", err)
 	}
