@@ -42,6 +42,14 @@ test: vet
 	$(GO) test -race -count=1 -timeout 20m -run '$(RACE_TESTS)' ./qcow2/ ./cache/
 	$(MAKE) fuzz
 
+# The integration suite again with every mount over FUSE io_uring
+# (QCOW2FS_URING=on; the suite switches the kernel's enable_uring on).
+# Needs Linux 6.14+ with CONFIG_FUSE_IO_URING; .ci/run runs it where the
+# kernel has it.
+.PHONY: test-uring
+test-uring:
+	QCOW2FS_URING=on $(GO) test -count=1 -timeout 40m $(TESTFLAGS) ./integration/
+
 # The concurrency tests again under the race detector.
 RACE_TESTS := TestConcurrencyModel|TestConcurrentWrites|TestInPlaceWriteNotLostToMerge|TestFlushErrorIsSticky
 

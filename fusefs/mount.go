@@ -18,6 +18,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 
+	"github.com/qcow2fs/qcow2fs/internal/fuseuring"
 	"github.com/qcow2fs/qcow2fs/internal/imgtext"
 	"github.com/qcow2fs/qcow2fs/qcow2"
 )
@@ -44,6 +45,13 @@ type Server struct {
 	// files are the image files (device and inode) the images had when
 	// suspended: resume refuses a path that now leads to another file.
 	files []os.FileInfo
+
+	// transport is TransportClassic or TransportURing (transport.go);
+	// ownMount is set when we mounted with a descriptor of our own, which
+	// go-fuse cannot unmount.
+	transport string
+	uring     *fuseuring.Transport
+	ownMount  bool
 }
 
 // Mount mounts images at mountpoint and starts serving in the background.
@@ -75,6 +83,32 @@ func Mount(mountpoint string, images []*qcow2.Image, opts Options) (*Server, err
 	if opts.AllowRoot {
 		raw = &onlyOwnerAndRoot{RawFileSystem: raw, owner: mountOwner()}
 	}
+	mode, err := uringMode(opts.URing)
+	if err != nil {
+		srv.closeViews()
+		return nil, err
+	}
+	srv.transport = TransportClassic
+	if mode != URingOff {
+		why := uringUsable()
+		switch {
+		case why == "":
+			if err := srv.mountURing(raw, mountpoint, fsOpts.MountOptions, mode == URingOn, opts); err != nil {
+				srv.closeViews()
+				return nil, err
+			}
+			if srv.fuse != nil {
+				return srv, nil
+			}
+			// auto, and io_uring failed after all: the mount is gone,
+			// mount again the classic way.
+		case mode == URingOn:
+			srv.closeViews()
+			return nil, fmt.Errorf("mount %s: uring=on: FUSE over io_uring %s", mountpoint, why)
+		default:
+			opts.Log.Debugf("FUSE over io_uring not used: %s", why)
+		}
+	}
 	fsrv, err := fuse.NewServer(raw, mountpoint, &fsOpts.MountOptions)
 	if err != nil {
 		srv.closeViews()
@@ -91,17 +125,83 @@ func Mount(mountpoint string, images []*qcow2.Image, opts Options) (*Server, err
 	return srv, nil
 }
 
+// mountURing mounts with a /dev/fuse descriptor of our own, lets go-fuse
+// answer INIT (offering FUSE_OVER_IO_URING) and serve /dev/fuse, and
+// starts the ring queues. On failure with strict unset it leaves nothing
+// mounted and srv.fuse nil, for the caller to mount the classic way.
+func (srv *Server) mountURing(raw fuse.RawFileSystem, mountpoint string, mopts fuse.MountOptions, strict bool, opts Options) error {
+	fail := func(err error) error {
+		if strict {
+			return fmt.Errorf("mount %s: uring=on: %w", mountpoint, err)
+		}
+		opts.Log.Warnf("FUSE over io_uring not used: %v", err)
+		return nil
+	}
+	mopts.ExtraCapabilities |= fuse.CAP_OVER_IO_URING
+	fd, err := mountFD(mountpoint, &mopts)
+	if err != nil {
+		return fail(err)
+	}
+	// go-fuse serves a descriptor it is given as the mount point
+	// /dev/fd/N; it must not mount again.
+	mopts.DirectMount, mopts.DirectMountStrict = false, false
+	fsrv, err := fuse.NewServer(raw, fmt.Sprintf("/dev/fd/%d", fd), &mopts)
+	if err != nil {
+		syscall.Close(fd)
+		unmountFD(mountpoint)
+		return fail(err)
+	}
+	go fsrv.Serve()
+	srv.fuse = fsrv
+	srv.ownMount = true
+	tr, err := startURing(fsrv, raw, &mopts, fd, opts.Log.Warnf)
+	if err != nil {
+		if strict {
+			// Requests that queued for the ring go to /dev/fuse
+			// once a REGISTER failed, and the unmount needs none.
+			fuseuring.Refuse(fd)
+			srv.Unmount()
+			srv.fuse.Wait()
+			srv.fuse = nil
+			return fmt.Errorf("mount %s: uring=on: %w", mountpoint, err)
+		}
+		// A failed REGISTER switched the kernel back to /dev/fuse; make
+		// sure of it in case none was sent, and keep serving there.
+		fuseuring.Refuse(fd)
+		opts.Log.Warnf("FUSE over io_uring not used: %v", err)
+		pollHack(mountpoint)
+		return nil
+	}
+	srv.uring = tr
+	srv.transport = TransportURing
+	pollHack(mountpoint)
+	opts.Log.Infof("FUSE transport: io_uring (%d ring entries per CPU)", uringTune.depth)
+	return nil
+}
+
+// Transport tells how the kernel's requests reach the daemon:
+// TransportClassic or TransportURing.
+func (s *Server) Transport() string { return s.transport }
+
 // Mountpoint returns the directory the file system is mounted on.
 func (s *Server) Mountpoint() string { return s.mountpoint }
 
 // Unmount asks the kernel to unmount. It fails (EBUSY) while files are open.
-func (s *Server) Unmount() error { return s.fuse.Unmount() }
+func (s *Server) Unmount() error {
+	if s.ownMount {
+		return unmountFD(s.mountpoint)
+	}
+	return s.fuse.Unmount()
+}
 
 // Wait blocks until the file system is unmounted (by Unmount, umount(8) or
 // fusermount3 -u) and every request is answered, then releases the
 // snapshot views. After it returns the caller may close the images.
 func (s *Server) Wait() {
 	s.fuse.Wait()
+	if s.uring != nil {
+		s.uring.Wait()
+	}
 	s.closeViews()
 }
 

@@ -62,6 +62,11 @@ type Options struct {
 	// Warn receives problems worth telling the user at mount time (an
 	// unreadable partition table, ...); nil logs them as warnings.
 	Warn func(msg string)
+	// URing chooses the transport: URingAuto (FUSE over io_uring when the
+	// kernel offers it and we mount as root, else the classic /dev/fuse
+	// loop), URingOn (io_uring or fail) or URingOff; "" means the
+	// QCOW2FS_URING environment variable, else auto (transport.go).
+	URing string
 	// Debug logs every FUSE request (go-fuse's debug output).
 	Debug bool
 	// Log receives error and warning lines; nil means logrus's standard logger.

@@ -53,6 +53,16 @@ func runMain(m *testing.M) int {
 
 	sweepDeadRuns()
 
+	// QCOW2FS_URING=on runs every mount of the suite over FUSE io_uring
+	// (the daemons inherit the variable): the kernel must have it on.
+	if os.Getenv("QCOW2FS_URING") == "on" {
+		if err := enableFUSEURing(); err != nil {
+			fmt.Fprintf(os.Stderr, "integration: QCOW2FS_URING=on, but FUSE over io_uring cannot be switched on: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(os.Stderr, "integration: every mount uses FUSE over io_uring (QCOW2FS_URING=on)\n")
+	}
+
 	var err error
 	testRoot, err = os.MkdirTemp("", fmt.Sprintf("%s%d-", rootPrefix, os.Getpid()))
 	if err != nil {

@@ -146,8 +146,11 @@ func loopAttach(t *testing.T, file string, flags ...string) string {
 	args := append([]string{"--find", "--show"}, flags...)
 	args = append(args, file)
 	dev := strings.TrimSpace(run(t, "losetup", args...))
+	backing := loopBackingFile(dev)
 	t.Cleanup(func() {
-		if loopBackingFile(dev) != "" {
+		// Only if it is still ours: once detached, the number may
+		// belong to another program's device.
+		if f := loopBackingFile(dev); f != "" && f == backing {
 			t.Logf("cleanup: detaching %s", dev)
 			quietRun("losetup", "-d", dev)
 		}

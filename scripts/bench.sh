@@ -5,7 +5,8 @@
 # docs/PERFORMANCE.md.
 #
 # Knobs (environment): BENCH_RUNTIME (seconds per timed fio job, default
-# 10), BENCH_RAMP, BENCH_ONLY (main,ext4,rss,mounttime,compressed,convert),
+# 10), BENCH_RAMP, BENCH_ONLY (main,qd32,ext4,rss,mounttime,compressed,convert),
+# BENCH_URING (auto: also qcow2fs -o uring=on where the kernel has it; off),
 # BENCH_QCOW2FS_OPTS (e.g. "-o direct_io"), BENCH_PASSTHROUGH_OPTS
 # (e.g. --direct-io), BENCH_COMPRESSED_MIB, BENCH_OUT (report file; empty
 # for none), BENCH_JSON_DIR (keep fio's JSON), BENCH_DIR (where the

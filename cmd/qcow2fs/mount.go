@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/qcow2fs/qcow2fs/fusefs"
 	"github.com/qcow2fs/qcow2fs/internal/units"
 )
 
@@ -40,6 +41,11 @@ Every option is also an -o key, so a whole command line fits in fstab:
                                               partition (numbered as Linux numbers them)
   --cache-size SIZE       cache_size=SIZE     metadata cache per image, e.g. 64M (default 32M)
   --direct-io             direct_io           bypass the kernel page cache for the raw files
+  --uring MODE            uring=MODE          FUSE transport: auto (default: FUSE over io_uring
+                                              when the kernel has it switched on and root
+                                              mounts, else the classic /dev/fuse loop), on
+                                              (io_uring or fail) or off; the environment
+                                              variable QCOW2FS_URING sets the default
   --allow-other           allow_other         let every user in, as the files' owners and modes
                                               allow (implies default_permissions; non-root
                                               mounters need user_allow_other in /etc/fuse.conf)
@@ -89,6 +95,7 @@ func parseMountArgs(args []string) (*mountConfig, []string, error) {
 	fs.BoolVar(&cfg.Partitions, "partitions", false, "also show each MBR/GPT partition as NAME-pN.raw")
 	fs.StringVar(&cacheSize, "cache-size", "", "metadata cache `SIZE` per image, e.g. 64M (default 32M)")
 	fs.BoolVar(&cfg.DirectIO, "direct-io", false, "bypass the kernel page cache for the raw files")
+	fs.StringVar(&cfg.URing, "uring", "", "FUSE transport `MODE`: auto, on (FUSE over io_uring or fail) or off (default auto, or $QCOW2FS_URING)")
 	fs.BoolVar(&cfg.AllowOther, "allow-other", false, "let other users access the files")
 	fs.BoolVar(&cfg.AllowRoot, "allow-root", false, "let root access the files besides you, nobody else")
 	fs.BoolVar(&cfg.DefaultPermissions, "default-permissions", false, "let the kernel check file modes against the caller")
@@ -108,6 +115,9 @@ func parseMountArgs(args []string) (*mountConfig, []string, error) {
 		if err := applyMountOptions(&cfg, o); err != nil {
 			return nil, nil, &usageError{err.Error()}
 		}
+	}
+	if err := fusefs.CheckURing(cfg.URing); err != nil {
+		return nil, nil, usagef("%v", err)
 	}
 	return &cfg, fs.Args(), nil
 }

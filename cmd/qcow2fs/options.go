@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/qcow2fs/qcow2fs/fusefs"
 	"github.com/qcow2fs/qcow2fs/internal/units"
 )
 
@@ -23,6 +24,7 @@ type mountConfig struct {
 	AllowRoot          bool     `json:"allow_root"`
 	DefaultPermissions bool     `json:"default_permissions"`
 	DirectIO           bool     `json:"direct_io"`
+	URing              string   `json:"uring,omitempty"`
 	NoSnapshots        bool     `json:"no_snapshots"`
 	NoBacking          bool     `json:"no_backing"`
 	Partitions         bool     `json:"partitions"`
@@ -35,6 +37,8 @@ type mountConfig struct {
 	// Mounted are the images as mounted, set in the daemon while a live
 	// external snapshot or commit has Images serve other layers (extsnap.go).
 	Mounted []string `json:"mounted,omitempty"`
+	// transport is the one the daemon's mount uses (for the run state).
+	transport string
 }
 
 // ignoredOptions are the generic mount options mount(8), mount.fuse3 and
@@ -83,6 +87,11 @@ func applyMountOptions(cfg *mountConfig, arg string) error {
 			cfg.DefaultPermissions = true
 		case key == "direct_io" && !hasVal:
 			cfg.DirectIO = true
+		case key == "uring" && hasVal:
+			if err := fusefs.CheckURing(val); err != nil {
+				return fmt.Errorf("mount option %q: want auto, on or off", opt)
+			}
+			cfg.URing = val
 		case key == "debug" && !hasVal:
 			cfg.Debug = true
 		case key == "cache_size" && hasVal:

@@ -37,6 +37,8 @@ type runState struct {
 	LogFile    string   `json:"log_file,omitempty"`
 	// Suspended: qcow2fs suspend closed the images; requests wait.
 	Suspended bool `json:"suspended,omitempty"`
+	// Transport: "classic" (/dev/fuse) or "io_uring".
+	Transport string `json:"transport,omitempty"`
 }
 
 // runStateDirOverride replaces the run-state directory in unit tests.
@@ -89,7 +91,8 @@ func writeRunState(cfg *mountConfig, suspended bool) {
 		return
 	}
 	st := runState{PID: os.Getpid(), Mountpoint: cfg.Mountpoint, Source: cfg.FsName, Images: cfg.Images, Mounted: cfg.Mounted, ReadOnly: cfg.ReadOnly,
-		Overlay: cfg.Overlay, Partitions: cfg.Partitions, LogFile: cfg.LogFile, Suspended: suspended}
+		Overlay: cfg.Overlay, Partitions: cfg.Partitions, LogFile: cfg.LogFile, Suspended: suspended,
+		Transport: cfg.transport}
 	st.StartTime, _ = procStartTime(st.PID)
 	b, _ := json.MarshalIndent(st, "", "  ")
 	tmp := path + ".tmp"

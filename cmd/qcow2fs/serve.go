@@ -85,6 +85,7 @@ func serve(cfg *mountConfig, rep reporter) int {
 		Warn:               rep.warn,
 		FsName:             cfg.FsName,
 		Debug:              cfg.Debug,
+		URing:              cfg.URing,
 		Log:                log,
 	})
 	if err != nil {
@@ -93,6 +94,7 @@ func serve(cfg *mountConfig, rep reporter) int {
 		rep.fail(err)
 		return exitError
 	}
+	cfg.transport = srv.Transport()
 	writeRunState(cfg, false)
 	ctl := startControl(cfg, srv, tables, log)
 	mode := "read-write"
@@ -102,7 +104,7 @@ func serve(cfg *mountConfig, rep reporter) int {
 	case cfg.Overlay != "":
 		mode = "writes to overlay " + cfg.Overlay
 	}
-	log.Infof("mounted %s at %s (%s, pid %d)", cfg.FsName, cfg.Mountpoint, mode, os.Getpid())
+	log.Infof("mounted %s at %s (%s, pid %d, FUSE transport %s)", cfg.FsName, cfg.Mountpoint, mode, os.Getpid(), srv.Transport())
 	rep.ready()
 
 	waitUnmounted(srv, log)

@@ -13,6 +13,8 @@ import (
 	"text/tabwriter"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/qcow2fs/qcow2fs/fusefs"
 )
 
 const statusUsage = `Usage: qcow2fs status [--output human|json]
@@ -45,7 +47,8 @@ type mountStatus struct {
 	// commit switched any to another layer; Images are the layers served.
 	Mounted    []string `json:"mounted,omitempty"`
 	Partitions bool     `json:"partitions,omitempty"`
-	Options    string   `json:"options"` // the mount's options (ro,nosuid,nodev,...)
+	Options    string   `json:"options"`             // the mount's options (ro,nosuid,nodev,...)
+	Transport  string   `json:"transport,omitempty"` // classic or io_uring
 }
 
 func cmdStatus(args []string) error {
@@ -96,6 +99,7 @@ func statusOf(h mountHealth) mountStatus {
 		if len(rs.Mounted) == len(rs.Images) {
 			st.Mounted = rs.Mounted
 		}
+		st.Transport = rs.Transport
 	}
 	return st
 }
@@ -114,6 +118,9 @@ func printStatus(w io.Writer, list []mountStatus) {
 		}
 		if st.Partitions {
 			mode += " +partitions"
+		}
+		if st.Transport == fusefs.TransportURing {
+			mode += " +io_uring"
 		}
 		pid := "-"
 		if st.PID != 0 {

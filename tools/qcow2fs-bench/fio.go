@@ -30,7 +30,11 @@ type fioJob struct {
 	// create lets fio create the file (a file inside ext4); otherwise a
 	// missing file is an error, never a new file in the wrong place.
 	create bool
-	extra  []string
+	// engine is fio's ioengine, psync when empty; iodepth matters only to
+	// an asynchronous engine (libaio).
+	engine  string
+	iodepth int
+	extra   []string
 }
 
 // fioResult is what the report needs from one run.
@@ -48,7 +52,6 @@ func (b *bench) fio(j fioJob, file string) (fioResult, error) {
 	args := []string{
 		"--name=" + j.name,
 		"--filename=" + file,
-		"--ioengine=psync",
 		"--direct=1",
 		"--rw=" + j.rw,
 		"--bs=" + j.bs,
@@ -60,6 +63,14 @@ func (b *bench) fio(j fioJob, file string) (fioResult, error) {
 		"--fallocate=none",
 		"--randrepeat=1",
 		"--output-format=json",
+	}
+	engine := j.engine
+	if engine == "" {
+		engine = "psync"
+	}
+	args = append(args, "--ioengine="+engine)
+	if j.iodepth > 0 {
+		args = append(args, fmt.Sprintf("--iodepth=%d", j.iodepth))
 	}
 	if !j.create {
 		args = append(args, "--allow_file_create=0")

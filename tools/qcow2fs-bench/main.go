@@ -35,10 +35,13 @@ type config struct {
 	out             string
 	jsonDir         string
 	sections        map[string]bool
+	// uring adds the qcow2fs-uring target (qcow2fs -o uring=on) where
+	// the transports are compared; the qcow2fs target is then uring=off.
+	uring bool
 }
 
 // The sections of a run, in order; --only picks some.
-var sectionOrder = []string{"main", "ext4", "rss", "mounttime", "compressed", "convert"}
+var sectionOrder = []string{"main", "qd32", "ext4", "rss", "mounttime", "compressed", "convert"}
 
 type bench struct {
 	cfg        config
@@ -78,7 +81,7 @@ func envStr(name, def string) string {
 func parseConfig(args []string) (config, error) {
 	fs := pflag.NewFlagSet("qcow2fs-bench", pflag.ContinueOnError)
 	var cfg config
-	var only, qOpts, pOpts string
+	var only, qOpts, pOpts, uring string
 	var compressedMiB int
 	fs.StringVar(&cfg.work, "work", "", "scratch `DIR` for images and mount points (required; must be empty)")
 	fs.StringVar(&cfg.repo, "repo", ".", "the qcow2fs source tree (for the revision in the report)")
@@ -93,6 +96,7 @@ func parseConfig(args []string) (config, error) {
 	fs.StringVar(&only, "only", envStr("BENCH_ONLY", ""), "comma-separated `SECTIONS` to run: "+strings.Join(sectionOrder, ",")+" (env BENCH_ONLY; default all)")
 	fs.StringVar(&cfg.out, "out", envStr("BENCH_OUT", "docs/PERFORMANCE.md"), "report `FILE` to write; empty for none (env BENCH_OUT)")
 	fs.StringVar(&cfg.jsonDir, "json-dir", envStr("BENCH_JSON_DIR", ""), "keep every fio JSON output in `DIR` (env BENCH_JSON_DIR)")
+	fs.StringVar(&uring, "uring", envStr("BENCH_URING", "auto"), "`auto|off`: auto also measures qcow2fs -o uring=on where the kernel has FUSE over io_uring enabled (env BENCH_URING)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -136,6 +140,13 @@ func parseConfig(args []string) (config, error) {
 			cfg.sections[s] = true
 		}
 	}
+	switch uring {
+	case "auto":
+		cfg.uring = true // confirmed in runBench, once the binary is known
+	case "off":
+	default:
+		return cfg, fmt.Errorf("--uring: want auto or off, not %q", uring)
+	}
 	// The binaries run from other directories (daemons chdir to /).
 	for _, p := range []*string{&cfg.qcow2fsBin, &cfg.passthroughBin, &cfg.repo} {
 		abs, err := filepath.Abs(*p)
@@ -157,6 +168,7 @@ func runBench(cfg config) int {
 		fmt.Fprintf(os.Stderr, "qcow2fs-bench: %v\n", err)
 		return 1
 	}
+	cfg.uring = cfg.uring && uringAvailable(cfg.qcow2fsBin)
 	b := &bench{cfg: cfg, work: work, clean: newCleaner()}
 	b.clean.onSignal()
 	defer b.clean.runAll()
@@ -171,7 +183,7 @@ func runBench(cfg config) int {
 	m := b.describeMachine()
 	logf("qcow2fs-bench: %s, %d CPUs; fio runtime %d s + %d s ramp; work dir %s", m.cpu, m.cpus, cfg.runtime, cfg.ramp, work)
 	steps := map[string]func() error{
-		"main": b.runMain, "ext4": b.runExt4, "rss": b.runRSS,
+		"main": b.runMain, "qd32": b.runQD32, "ext4": b.runExt4, "rss": b.runRSS,
 		"mounttime": b.runMountTime, "compressed": b.runCompressed,
 		"convert": b.runConvert,
 	}

@@ -96,7 +96,7 @@ func (b *bench) recordFio(r *row, t target, round int, res fioResult, err error,
 		v = res.MiBps()
 	}
 	b.details = append(b.details, detail{row: r.title, target: t, round: round, res: res})
-	logf("   %-11s %s", t, formatValue(v, r.unit))
+	logf("   %-13s %s", t, formatValue(v, r.unit))
 	c := &r.cells[t]
 	if c.status == "failed" {
 		return

@@ -81,8 +81,8 @@ func (b *bench) runMain() error {
 // reversed every other round, since whoever writes first meets the
 // host's page cache and writeback in a different state from whoever
 // writes last.
-func roundOrder(round int) []target {
-	order := append([]target{}, allTargets...)
+func (b *bench) roundOrder(round int) []target {
+	order := append([]target{}, b.targets()...)
 	if round%2 == 0 {
 		slices.Reverse(order)
 	}
@@ -91,7 +91,7 @@ func roundOrder(round int) []target {
 
 // mainRound runs every main scenario once on fresh disks.
 func (b *bench) mainRound(round int, rows map[string]*row, iolog string) error {
-	order := roundOrder(round)
+	order := b.roundOrder(round)
 	logf("== main scenarios, round %d of %d, on fresh %d GiB disks (working set %s; order %v)",
 		round, b.cfg.rounds, diskSize>>30, workingSet, order)
 	dir := filepath.Join(b.work, fmt.Sprintf("main-%d", round))

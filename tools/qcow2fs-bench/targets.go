@@ -16,16 +16,27 @@ import (
 type target int
 
 const (
-	tQcow2fs     target = iota // bin/qcow2fs mount (daemon)
-	tQEMU                      // qemu-storage-daemon --export type=fuse
-	tPassthrough               // bin/fuse-passthrough over a raw file: the FUSE ceiling
+	tQcow2fs      target = iota // bin/qcow2fs mount (daemon)
+	tQEMU                       // qemu-storage-daemon --export type=fuse
+	tPassthrough                // bin/fuse-passthrough over a raw file: the FUSE ceiling
+	tQcow2fsUring               // bin/qcow2fs mount -o uring=on: FUSE over io_uring
 	numTargets
 )
 
 var allTargets = []target{tQcow2fs, tQEMU, tPassthrough}
 
 func (t target) String() string {
-	return [...]string{"qcow2fs", "QEMU", "passthrough"}[t]
+	return [...]string{"qcow2fs", "QEMU", "passthrough", "qcow2fs-uring"}[t]
+}
+
+// targets are the targets of the sections that compare transports: every
+// target, plus qcow2fs over io_uring when the kernel and the binary offer
+// it (then the plain qcow2fs target is the classic /dev/fuse loop).
+func (b *bench) targets() []target {
+	if b.cfg.uring {
+		return []target{tQcow2fs, tQcow2fsUring, tQEMU, tPassthrough}
+	}
+	return allTargets
 }
 
 // usesQcow2 tells whether the target serves a qcow2 image (else a raw file).
@@ -95,7 +106,13 @@ func (b *bench) expose(t target, image string, size int64, readOnly bool) (*expo
 	var err error
 	switch t {
 	case tQcow2fs:
-		e, err = b.exposeQcow2fs(image, size, readOnly)
+		var extra []string
+		if b.cfg.uring {
+			extra = []string{"-o", "uring=off"}
+		}
+		e, err = b.exposeQcow2fs(image, size, readOnly, extra...)
+	case tQcow2fsUring:
+		e, err = b.exposeQcow2fs(image, size, readOnly, "-o", "uring=on")
 	case tQEMU:
 		e, err = b.exposeQEMU(image, size, readOnly)
 	case tPassthrough:
@@ -110,13 +127,14 @@ func (b *bench) expose(t target, image string, size int64, readOnly bool) (*expo
 	return e, nil
 }
 
-func (b *bench) exposeQcow2fs(image string, size int64, readOnly bool) (*exposed, error) {
+func (b *bench) exposeQcow2fs(image string, size int64, readOnly bool, extra ...string) (*exposed, error) {
 	mnt := filepath.Join(filepath.Dir(image), "mnt")
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		return nil, err
 	}
 	args := []string{"mount"}
 	args = append(args, b.cfg.qcow2fsOpts...)
+	args = append(args, extra...)
 	if readOnly {
 		args = append(args, "--ro")
 	}
