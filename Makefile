@@ -36,15 +36,20 @@ fmt:
 	gofmt -w $$($(GO) list -f '{{.Dir}}' ./...)
 
 # Unit tests and the end-to-end tests in integration/ (root, /dev/fuse,
-# qemu-img, ...). The integration run takes about ten minutes on two cores.
+# qemu-img, ...) over the classic /dev/fuse transport, the concurrency
+# tests under the race detector, the fuzz targets briefly, and, where the
+# kernel has FUSE over io_uring, integration/ again over it (test-uring).
+# About twenty minutes on two cores.
 test: vet
-	$(GO) test -count=1 -timeout 40m $(TESTFLAGS) ./...
+	QCOW2FS_URING=off $(GO) test -count=1 -timeout 40m $(TESTFLAGS) ./...
 	$(GO) test -race -count=1 -timeout 20m -run '$(RACE_TESTS)' ./qcow2/ ./cache/
 	$(MAKE) fuzz
+	@if [ -e /sys/module/fuse/parameters/enable_uring ]; then $(MAKE) test-uring; \
+	else echo "*** this kernel has no FUSE over io_uring: make test-uring not run ***"; fi
 
 # The integration suite again with every mount over FUSE io_uring
 # (QCOW2FS_URING=on; the suite switches the kernel's enable_uring on).
-# Needs Linux 6.14+ with CONFIG_FUSE_IO_URING; .ci/run runs it where the
+# Needs Linux 6.14+ with CONFIG_FUSE_IO_URING; make test runs it where the
 # kernel has it.
 .PHONY: test-uring
 test-uring:
