@@ -90,8 +90,14 @@ func newTestUser(t *testing.T, tag string, groups ...string) testUser {
 
 // asUser runs a command as u, with u's groups from /etc/group (as a login
 // would set them).
+//
+// QCOW2FS_URING is not passed on: a plain user's mount goes through
+// fusermount3, which keeps the /dev/fuse descriptor FUSE over io_uring
+// needs, so the rootless route is always the classic transport (make
+// test-uring forces io_uring on the root mounts only).
 func asUser(u testUser, name string, args ...string) result {
-	full := append([]string{"--reuid=" + strconv.Itoa(u.Uid), "--regid=" + strconv.Itoa(u.Gid), "--init-groups", "--", name}, args...)
+	full := append([]string{"--reuid=" + strconv.Itoa(u.Uid), "--regid=" + strconv.Itoa(u.Gid), "--init-groups", "--",
+		"env", "-u", "QCOW2FS_URING", name}, args...)
 	return execute("/", "setpriv", full...)
 }
 
