@@ -101,15 +101,8 @@ func (b *bench) mainRound(round int, rows map[string]*row, iolog string) error {
 	}
 	for _, sc := range filledScenarios {
 		logf("-- %s", sc.title)
-		for _, d := range disks {
-			res, err := b.fio(sc.job, d.file)
-			b.recordFio(rows[sc.id], d.target, round, res, err, false)
-			if interrupted.Load() {
-				return errInterrupted
-			}
-			// Write back what the job left dirty, so that the next target
-			// does not pay for it.
-			syscall.Sync()
+		if err := b.fioEach(sc.job, disks, rows[sc.id], round); err != nil {
+			return err
 		}
 	}
 	if err := b.stopAll(disks); err != nil {
@@ -125,13 +118,8 @@ func (b *bench) mainRound(round int, rows map[string]*row, iolog string) error {
 	}
 	job := allocScenario.job
 	job.iolog = iolog
-	for _, d := range disks {
-		res, err := b.fio(job, d.file)
-		b.recordFio(rows[allocScenario.id], d.target, round, res, err, false)
-		if interrupted.Load() {
-			return errInterrupted
-		}
-		syscall.Sync()
+	if err := b.fioEach(job, disks, rows[allocScenario.id], round); err != nil {
+		return err
 	}
 	if err := b.stopAll(disks); err != nil {
 		return err
@@ -227,4 +215,19 @@ func writeAllocLog(path string, size int64) error {
 		return err
 	}
 	return f.Close()
+}
+
+// fioEach runs job on each disk in turn, recording each figure in r, and
+// writes back what the job left dirty before the next target runs, so that
+// it does not pay for it.
+func (b *bench) fioEach(job fioJob, disks []*exposed, r *row, round int) error {
+	for _, d := range disks {
+		res, err := b.fio(job, d.file)
+		b.recordFio(r, d.target, round, res, err, false)
+		if interrupted.Load() {
+			return errInterrupted
+		}
+		syscall.Sync()
+	}
+	return nil
 }
