@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 
 	"golang.org/x/sys/unix"
 )
@@ -169,10 +168,7 @@ func backupTo(img *Image, target string, o BackupOptions) error {
 	// compression): the whole disk by block status for a full backup, the
 	// dirty ranges whole for an incremental one (zeros there hide the
 	// previous backup's data).
-	co2 := ConvertOptions{Compress: o.Compress, Sparse: 512, Threads: runtime.NumCPU(), Progress: o.Progress}
-	if co2.Progress == nil {
-		co2.Progress = func(int64, int64) {}
-	}
+	co2 := ConvertOptions{Compress: o.Compress, Sparse: 512, Progress: o.Progress}
 	if o.BackingFile != "" {
 		co2.ranges = ranges
 	}

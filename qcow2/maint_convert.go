@@ -86,12 +86,6 @@ func Convert(src, target string, o ConvertOptions) error {
 	case o.Compress && o.Create.DataFile != "":
 		return errors.New("compressed clusters are not supported with an external data file")
 	}
-	if o.Threads <= 0 {
-		o.Threads = runtime.NumCPU()
-	}
-	if o.Progress == nil {
-		o.Progress = func(int64, int64) {}
-	}
 	tabs, err := filepath.Abs(target)
 	if err != nil {
 		return err
@@ -187,6 +181,12 @@ type convOp struct {
 }
 
 func convertRun(s, back convSource, dst convTarget, size, tcs int64, o ConvertOptions) error {
+	if o.Threads <= 0 {
+		o.Threads = runtime.NumCPU()
+	}
+	if o.Progress == nil {
+		o.Progress = func(int64, int64) {}
+	}
 	// unit: the granularity of zero detection and comparison.
 	unit := tcs
 	switch {
