@@ -415,6 +415,13 @@ func fuseOptions(images []*qcow2.Image, opts Options) (*fs.Options, io.Closer) {
 			Logger:           goLog,
 			// The files have no extended attributes.
 			DisableXAttrs: true,
+			// Every read answers with bytes in memory (ReadResultData),
+			// never a descriptor to splice from; go-fuse would still write
+			// each reply's header into a pipe, find nothing to splice,
+			// drain the pipe (splice + FIONREAD ioctl) and writev again.
+			// Off, a read is answered with one writev
+			// (integration's TestClassicReadSyscalls counts them).
+			DisableSplice: true,
 			// Shared mmap of FOPEN_DIRECT_IO files (--direct-io, O_DIRECT
 			// opens), which the kernel otherwise refuses with ENODEV.
 			// Granted only where the kernel offers it (Linux 6.6+).
