@@ -109,10 +109,12 @@ type hashPiece struct {
 	n   int64
 }
 
-var hashZeros = make([]byte, hashChunk)
-
 // hashImage writes the whole virtual disk into h.
 func hashImage(img *qcow2.Image, h io.Writer) error {
+	// Zeros to hash for unallocated runs. Made here, not at package level:
+	// every run of the binary (each mount and its daemon) would otherwise
+	// start with 4 MiB on the heap, which made main's init the slowest.
+	hashZeros := make([]byte, hashChunk)
 	free := make(chan []byte, hashBuffers)
 	for range hashBuffers {
 		free <- make([]byte, hashChunk)
