@@ -49,13 +49,15 @@ type imageFile struct {
 	health *imageHealth
 
 	// writeGen counts completed modifications; flushedGen is the count the
-	// last successful flush covered. close() and fsync() only pay for an
-	// fdatasync when something was written since. flushMu serialises
-	// flushes, so an fsync that finds another flush running waits for it
-	// rather than returning before the data is durable.
+	// last successful flush covered (set under flushMu, read without it).
+	// close() and fsync() only pay for an fdatasync when something was
+	// written since; when nothing was, they answer at once, even while
+	// the mount is suspended (Suspend flushed everything). flushMu
+	// serialises flushes, so an fsync that finds another flush running
+	// waits for it rather than returning before the data is durable.
 	writeGen   atomic.Uint64
 	flushMu    sync.Mutex
-	flushedGen uint64
+	flushedGen atomic.Uint64
 
 	// perm narrows the permission bits (Options.Perm); nil keeps them.
 	perm PermFunc
@@ -122,6 +124,15 @@ func (f *imageFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint
 		// concurrent writes to one file in parallel instead of serialising
 		// them on the inode lock; the image does not need that lock.
 		fuseFlags |= fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES
+	} else {
+		// Keep the pages cached by earlier opens. The mount controls
+		// the kernel's data cache explicitly (no invalidation on mtime,
+		// ExplicitDataCacheControl in mount.go): every change to the bytes
+		// of this file comes through this daemon, and each one the
+		// kernel cannot see for itself is invalidated by name — writes
+		// through a sibling file (coherence.go) and whatever changed
+		// while suspended (resume, live.go).
+		fuseFlags |= fuse.FOPEN_KEEP_CACHE
 	}
 	return nil, fuseFlags, 0
 }
@@ -208,6 +219,13 @@ func (f *imageFile) flush(ctx context.Context, op string) (errno syscall.Errno) 
 		// What was written may not be durable, and never will be.
 		return outOfService
 	}
+	// Nothing written since the last successful flush: durable already.
+	// Answered without the gate, so that a close while suspended (every
+	// exec of a process holding the file open closes it) does not wait
+	// for the resume.
+	if f.flushedGen.Load() >= f.writeGen.Load() {
+		return 0
+	}
 	if e := f.in(ctx); e != 0 {
 		return e
 	}
@@ -216,13 +234,13 @@ func (f *imageFile) flush(ctx context.Context, op string) (errno syscall.Errno) 
 	gen := f.writeGen.Load() // every write completed before this call
 	f.flushMu.Lock()
 	defer f.flushMu.Unlock()
-	if f.flushedGen >= gen {
+	if f.flushedGen.Load() >= gen {
 		return 0
 	}
 	if err := f.img.Flush(); err != nil {
 		return f.toErrno(err, op, 0, 0)
 	}
-	f.flushedGen = gen
+	f.flushedGen.Store(gen)
 	return 0
 }
 

@@ -72,6 +72,9 @@ func (s *Server) Suspend(timeout time.Duration) error {
 			return fmt.Errorf("%s is out of service since a panic (see the log); unmount instead", img.Path())
 		}
 	}
+	if err := s.writeBackKernel(timeout); err != nil {
+		return fmt.Errorf("suspend %s: %w; not suspended", s.mountpoint, err)
+	}
 	g := s.root.gate
 	if err := g.close(timeout); err != nil {
 		return fmt.Errorf("suspend %s: %w", s.mountpoint, err)
@@ -81,6 +84,13 @@ func (s *Server) Suspend(timeout time.Duration) error {
 			g.open()
 			return fmt.Errorf("suspend %s: flush %s: %w; not suspended", s.mountpoint, img.Path(), err)
 		}
+	}
+	// Every write is durable now (the gate is drained): a close or fsync
+	// while suspended has nothing to flush and answers without waiting.
+	for _, f := range s.root.files {
+		f.flushMu.Lock()
+		f.flushedGen.Store(f.writeGen.Load())
+		f.flushMu.Unlock()
 	}
 	s.files = make([]os.FileInfo, len(s.images))
 	for i, img := range s.images {
@@ -100,6 +110,35 @@ func (s *Server) Suspend(timeout time.Duration) error {
 	// The images are flushed and closed even if a close reported an
 	// error: the mount is suspended either way.
 	return firstErr
+}
+
+// writeBackKernel has the kernel send the writes it keeps in its page cache
+// (a write-back cache mount) while the gate is still open to take them:
+// an invalidation of a file's pages writes its dirty ones back first. What
+// is written after this and before the gate closes races with the suspend,
+// as a write that reaches the gate late does, and is written back after
+// the resume. No-op without the write-back cache.
+func (s *Server) writeBackKernel(timeout time.Duration) error {
+	if !s.writeback {
+		return nil
+	}
+	done := make(chan struct{})
+	files := append([]*imageFile(nil), s.root.files...)
+	go func() {
+		defer close(done)
+		for _, f := range files {
+			if !f.ro && f.opened.Load() {
+				// ENOENT: the kernel has forgotten the inode, and its pages.
+				f.NotifyContent(0, 0)
+			}
+		}
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-time.After(timeout):
+		return fmt.Errorf("the kernel took longer than %v to write back the writes it holds", timeout)
+	}
 }
 
 // ResumeReport says what changed in the mount at a resume.

@@ -45,6 +45,9 @@ type Server struct {
 	// files are the image files (device and inode) the images had when
 	// suspended: resume refuses a path that now leads to another file.
 	files []os.FileInfo
+	// writeback: the kernel may hold written pages that have not reached
+	// us yet (Options.WritebackCache); suspend has them sent first.
+	writeback bool
 
 	// transport is TransportClassic or TransportURing (transport.go);
 	// ownMount is set when we mounted with a descriptor of our own, which
@@ -61,6 +64,12 @@ func Mount(mountpoint string, images []*qcow2.Image, opts Options) (*Server, err
 	if len(images) == 0 {
 		return nil, fmt.Errorf("no image to mount")
 	}
+	if opts.WritebackCache && opts.Partitions {
+		return nil, fmt.Errorf("mount %s: the write-back cache cannot serve partition files: a write kept in one file's page cache would not show through the others", mountpoint)
+	}
+	if opts.WritebackCache && opts.DirectIO {
+		return nil, fmt.Errorf("mount %s: the write-back cache and direct I/O exclude each other", mountpoint)
+	}
 	if opts.Log == nil {
 		opts.Log = logrus.StandardLogger()
 	}
@@ -69,7 +78,7 @@ func Mount(mountpoint string, images []*qcow2.Image, opts Options) (*Server, err
 		return nil, err
 	}
 	srv := &Server{mountpoint: mountpoint, views: views, dir: hostDir{-1}, health: root.health, root: root,
-		images: append([]*qcow2.Image(nil), images...)}
+		images: append([]*qcow2.Image(nil), images...), writeback: opts.WritebackCache && !opts.ReadOnly}
 	// Opened before the mount, which may cover this very directory.
 	if root.dir, err = openHostDir(filepath.Dir(images[0].Path())); err != nil {
 		srv.closeViews()
@@ -398,6 +407,13 @@ func fuseOptions(images []*qcow2.Image, opts Options) (*fs.Options, io.Closer) {
 	}
 	pipe := opts.Log.WriterLevel(level)
 	goLog := log.New(pipe, "go-fuse: ", 0)
+	caps := uint64(fuse.CAP_DIRECT_IO_ALLOW_MMAP)
+	if opts.WritebackCache && !opts.ReadOnly {
+		// Buffered writes stay in the page cache until the kernel writes
+		// them back (or fsync, close, Suspend make it): see
+		// Options.WritebackCache.
+		caps |= fuse.CAP_WRITEBACK_CACHE
+	}
 	entry, neg, attr := entryTimeout, negativeTimeout, attrTimeout
 	return &fs.Options{
 		MountOptions: fuse.MountOptions{
@@ -422,10 +438,20 @@ func fuseOptions(images []*qcow2.Image, opts Options) (*fs.Options, io.Closer) {
 			// Off, a read is answered with one writev
 			// (integration's TestClassicReadSyscalls counts them).
 			DisableSplice: true,
+			// The kernel must not drop a file's cached
+			// pages whenever its mtime moves. The mtime shown is the image
+			// file's, which every write (ours, to the image) moves, so
+			// with automatic invalidation each attribute refresh threw
+			// away the whole page cache of a busy file: a loop device
+			// without direct I/O re-read everything through the daemon.
+			// The daemon is the only writer of the image while mounted
+			// (the image is locked) and invalidates what the kernel cannot
+			// know: changes through a sibling file and while suspended.
+			ExplicitDataCacheControl: true,
 			// Shared mmap of FOPEN_DIRECT_IO files (--direct-io, O_DIRECT
 			// opens), which the kernel otherwise refuses with ENODEV.
 			// Granted only where the kernel offers it (Linux 6.6+).
-			ExtraCapabilities: fuse.CAP_DIRECT_IO_ALLOW_MMAP,
+			ExtraCapabilities: caps,
 			// A panic outside the image handlers (which recover
 			// themselves): EIO, logged, still serving.
 			PanicHandler: panicHandler(opts.Log),

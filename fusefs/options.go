@@ -43,6 +43,13 @@ type Options struct {
 	// DirectIO opens files with FOPEN_DIRECT_IO: every read and write goes to
 	// the daemon, bypassing the kernel page cache for the raw files.
 	DirectIO bool
+	// WritebackCache lets the kernel keep buffered writes in its page
+	// cache and send them later (FUSE_WRITEBACK_CACHE): write(2) returns
+	// once the page is dirty. fsync, close and Suspend write them back
+	// first. It cannot be combined with Partitions (a write kept in one
+	// file's page cache would not show through the others) and means
+	// nothing on a read-only mount.
+	WritebackCache bool
 	// NoSnapshots hides the files of internal snapshots.
 	NoSnapshots bool
 	// FsName is the mount's source as shown in /proc/mounts; by default the

@@ -114,3 +114,36 @@ func straceCounts(t *testing.T, pid int, work func()) map[string]int {
 	}
 	return counts
 }
+
+// TestPageCacheKeptAcrossOpens: what a buffered writer left in the page
+// cache is read back from there by the next opener, even after the
+// attributes were refreshed with the image file's new mtime: the daemon
+// sees no READ. Before, every open (no FOPEN_KEEP_CACHE) and every
+// attribute refresh showing a moved mtime (FUSE_AUTO_INVAL_DATA; the mtime
+// is the image file's, which each write moves) dropped the cache, so a
+// loop device without direct I/O re-read everything through the daemon.
+func TestPageCacheKeptAcrossOpens(t *testing.T) {
+	requireTools(t, "strace", "dd", "qemu-img")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "c.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "64M")
+	mnt := filepath.Join(dir, "mnt")
+	mkdir(t, dir, "mnt")
+	mountQcow2fs(t, mnt, nil, img)
+	raw := filepath.Join(mnt, "c.raw")
+	run(t, "dd", "if=/dev/urandom", "of="+raw, "bs=64k", "count=16", "conv=notrunc", "status=none")
+	// Past the attribute timeout (1 s): the next stat asks the daemon and
+	// sees the image file's new mtime.
+	time.Sleep(1500 * time.Millisecond)
+	if _, err := os.Stat(raw); err != nil {
+		t.Fatal(err)
+	}
+	pid := daemonPID(t, mnt)
+	counts := straceCounts(t, pid, func() {
+		run(t, "dd", "if="+raw, "of=/dev/null", "bs=64k", "count=16", "status=none")
+	})
+	t.Logf("daemon system calls while re-reading 1 MiB just written: %v", counts)
+	if n := counts["pread64"]; n > 0 {
+		t.Errorf("the daemon read the image %d times for data the kernel had cached", n)
+	}
+}

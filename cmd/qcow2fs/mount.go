@@ -41,6 +41,10 @@ Every option is also an -o key, so a whole command line fits in fstab:
                                               partition (numbered as Linux numbers them)
   --cache-size SIZE       cache_size=SIZE     metadata cache per image, e.g. 64M (default 32M)
   --direct-io             direct_io           bypass the kernel page cache for the raw files
+  --writeback-cache       writeback_cache     keep buffered writes in the kernel's page cache and
+                                              send them later, in bulk (much faster buffered
+                                              writes, e.g. a loop device without direct I/O);
+                                              see "Write-back cache" below
   --uring MODE            uring=MODE          FUSE transport: auto (default: FUSE over io_uring
                                               when the kernel has it switched on and root
                                               mounts, else the classic /dev/fuse loop), on
@@ -60,6 +64,15 @@ The files carry the image file's owner, group and mode, narrowed to what
 the whole backing chain grants; an image only gets the backing and data
 files its owner could open (see docs/SECURITY.md). An empty option value
 is an error.
+
+Write-back cache: by default a buffered write reaches the image before
+write(2) returns. With writeback_cache the kernel keeps it in the page
+cache and sends it later, many pages at a time; fsync, close, suspend,
+snapshot, commit and unmount send it first, so nothing flushed is lost.
+The price: a write past the end of the disk fails only at fsync or close
+(ENOSPC), the size shown stays grown until the file is forgotten, and a
+daemon killed before the write-back loses what was written since the last
+fsync, as a power cut would.
 
 Generic mount options (dev, suid, exec and their no* forms, the atime
 family, _netdev, nofail, noauto, auto, user, users, owner, group, defaults,
@@ -95,6 +108,7 @@ func parseMountArgs(args []string) (*mountConfig, []string, error) {
 	fs.BoolVar(&cfg.Partitions, "partitions", false, "also show each MBR/GPT partition as NAME-pN.raw")
 	fs.StringVar(&cacheSize, "cache-size", "", "metadata cache `SIZE` per image, e.g. 64M (default 32M)")
 	fs.BoolVar(&cfg.DirectIO, "direct-io", false, "bypass the kernel page cache for the raw files")
+	fs.BoolVar(&cfg.WritebackCache, "writeback-cache", false, "keep buffered writes in the kernel's page cache and send them later")
 	fs.StringVar(&cfg.URing, "uring", "", "FUSE transport `MODE`: auto, on (FUSE over io_uring or fail) or off (default auto, or $QCOW2FS_URING)")
 	fs.BoolVar(&cfg.AllowOther, "allow-other", false, "let other users access the files")
 	fs.BoolVar(&cfg.AllowRoot, "allow-root", false, "let root access the files besides you, nobody else")

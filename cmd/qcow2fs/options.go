@@ -24,6 +24,7 @@ type mountConfig struct {
 	AllowRoot          bool     `json:"allow_root"`
 	DefaultPermissions bool     `json:"default_permissions"`
 	DirectIO           bool     `json:"direct_io"`
+	WritebackCache     bool     `json:"writeback_cache,omitempty"`
 	URing              string   `json:"uring,omitempty"`
 	NoSnapshots        bool     `json:"no_snapshots"`
 	NoBacking          bool     `json:"no_backing"`
@@ -87,6 +88,8 @@ func applyMountOptions(cfg *mountConfig, arg string) error {
 			cfg.DefaultPermissions = true
 		case key == "direct_io" && !hasVal:
 			cfg.DirectIO = true
+		case key == "writeback_cache" && !hasVal:
+			cfg.WritebackCache = true
 		case key == "uring" && hasVal:
 			if err := fusefs.CheckURing(val); err != nil {
 				return fmt.Errorf("mount option %q: want auto, on or off", opt)
@@ -136,6 +139,10 @@ func checkMountConfig(cfg *mountConfig, nSources int) error {
 		return usagef("--overlay takes exactly one image")
 	case cfg.Overlay != "" && cfg.NoBacking:
 		return usagef("--overlay and --no-backing exclude each other: the image is the overlay's backing file")
+	case cfg.WritebackCache && cfg.DirectIO:
+		return usagef("writeback_cache and direct_io exclude each other: direct I/O bypasses the page cache that writeback_cache keeps writes in")
+	case cfg.WritebackCache && cfg.Partitions:
+		return usagef("writeback_cache and partitions exclude each other: a write kept in the page cache of one file (vm.raw) would not show in the other files of the disk (vm-p1.raw) until written back")
 	}
 	return nil
 }

@@ -77,6 +77,7 @@ func serve(cfg *mountConfig, rep reporter) int {
 		AllowRoot:          cfg.AllowRoot,
 		DefaultPermissions: cfg.DefaultPermissions,
 		DirectIO:           cfg.DirectIO,
+		WritebackCache:     cfg.WritebackCache,
 		NoSnapshots:        cfg.NoSnapshots,
 		Partitions:         cfg.Partitions,
 		Perm:               tables.perm,
