@@ -52,6 +52,16 @@ func serve(cfg *mountConfig, rep reporter) int {
 		log.Debugf("prctl(PR_SET_IO_FLUSHER): %v (not permitted here; only matters under a loop device)", err)
 	}
 
+	// Signals are caught from here on, before the mount exists: one that
+	// arrived between the mount and waitUnmounted used to kill the server
+	// by default, leaving the mount behind with nobody to answer it (and a
+	// process that dies holding a file of its own mount — go-fuse's poll
+	// hack opens one while mounting — hangs in its exit, flushing it).
+	// waitUnmounted takes a signal that came early as soon as it runs.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT)
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+
 	images, names, perm, undo, err := openImages(cfg, rep)
 	if err != nil {
 		rep.fail(err)
@@ -108,7 +118,7 @@ func serve(cfg *mountConfig, rep reporter) int {
 	log.Infof("mounted %s at %s (%s, pid %d, FUSE transport %s)", cfg.FsName, cfg.Mountpoint, mode, os.Getpid(), srv.Transport())
 	rep.ready()
 
-	waitUnmounted(srv, log)
+	waitUnmounted(srv, sigs, log)
 	ctl.stop()
 
 	code := exitOK
@@ -127,15 +137,12 @@ func serve(cfg *mountConfig, rep reporter) int {
 }
 
 // waitUnmounted serves until the mount goes away. SIGINT, SIGTERM and
-// SIGQUIT ask for an unmount; while a file is in use (open, or a loop
+// SIGQUIT (caught on sigs, since before the mount) ask for an unmount; while a file is in use (open, or a loop
 // device attached) the kernel refuses, and serving goes on — a lazy
 // unmount would cut off a loop device in the middle of its I/O. (Go's own
 // answer to SIGQUIT, a goroutine dump and exit, would leave a dead mount
 // and the metadata still cached unwritten.)
-func waitUnmounted(srv *fusefs.Server, log *logrus.Logger) {
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT)
-	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+func waitUnmounted(srv *fusefs.Server, sigs chan os.Signal, log *logrus.Logger) {
 	done := make(chan struct{})
 	go func() {
 		srv.Wait()
