@@ -60,6 +60,62 @@ func (b *bench) runExt4() error {
 			}
 			b.removeDir(d.dir)
 		}
+		if !dio {
+			if err := b.ext4BufferedExtras(rows); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// ext4BufferedExtras adds to the buffered rows what they are measured
+// against: the same stack over a plain raw file on the host file system
+// (no FUSE: the limit), and qcow2fs mounted with -o writeback_cache, in
+// rows of their own.
+func (b *bench) ext4BufferedExtras(rows []*row) error {
+	dir := filepath.Join(b.work, "ext4")
+	logf("-- %s (the limit: no FUSE)", tRawFile)
+	rawDir := filepath.Join(dir, "raw")
+	if err := os.MkdirAll(rawDir, 0o755); err != nil {
+		return err
+	}
+	raw := filepath.Join(rawDir, "disk.raw")
+	if err := b.makeImage(tPassthrough, raw, diskSize, ""); err != nil {
+		return err
+	}
+	b.ext4On(tRawFile, &exposed{target: tRawFile, file: raw, dir: rawDir}, ext4BufferedScenarios, rows, false, false)
+	b.removeDir(rawDir)
+	if interrupted.Load() {
+		return errInterrupted
+	}
+
+	var wb []*row
+	for _, sc := range ext4BufferedScenarios {
+		r := b.addRow(sc.id+"-wb", sc.title+", qcow2fs -o writeback_cache", sc.unit)
+		r.cells[tRawFile] = rows[len(wb)].cells[tRawFile]
+		wb = append(wb, r)
+	}
+	saved := b.cfg.qcow2fsOpts
+	b.cfg.qcow2fsOpts = append(append([]string(nil), saved...), "-o", "writeback_cache")
+	defer func() { b.cfg.qcow2fsOpts = saved }()
+	for _, t := range b.targets() {
+		if t != tQcow2fs && t != tQcow2fsUring {
+			continue
+		}
+		logf("-- %s -o writeback_cache", t)
+		d, err := b.freshDisk(t, dir, diskSize)
+		if err != nil {
+			return err
+		}
+		b.ext4On(t, d, ext4BufferedScenarios, wb, false, false)
+		if interrupted.Load() {
+			return errInterrupted
+		}
+		if err := b.stop(d); err != nil {
+			return err
+		}
+		b.removeDir(d.dir)
 	}
 	return nil
 }

@@ -20,13 +20,14 @@ const (
 	tQEMU                       // qemu-storage-daemon --export type=fuse
 	tPassthrough                // bin/fuse-passthrough over a raw file: the FUSE ceiling
 	tQcow2fsUring               // bin/qcow2fs mount -o uring=on: FUSE over io_uring
+	tRawFile                    // a plain raw file, no FUSE: the buffered rows' limit (ext4.go)
 	numTargets
 )
 
 var allTargets = []target{tQcow2fs, tQEMU, tPassthrough}
 
 func (t target) String() string {
-	return [...]string{"qcow2fs", "QEMU", "passthrough", "qcow2fs-uring"}[t]
+	return [...]string{"qcow2fs", "QEMU", "passthrough", "qcow2fs-uring", "raw file"}[t]
 }
 
 // targets are the targets of the sections that compare transports: every
@@ -40,7 +41,7 @@ func (b *bench) targets() []target {
 }
 
 // usesQcow2 tells whether the target serves a qcow2 image (else a raw file).
-func (t target) usesQcow2() bool { return t != tPassthrough }
+func (t target) usesQcow2() bool { return t != tPassthrough && t != tRawFile }
 
 // exposed is a disk being served: fio runs on file.
 type exposed struct {
