@@ -9,6 +9,7 @@ import (
 	"math/rand"
 	"os/exec"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 )
 
@@ -47,6 +48,28 @@ func BenchmarkRandomRead4K(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkRandomRead4KParallel is BenchmarkRandomRead4K from GOMAXPROCS
+// goroutines (-cpu sets how many) over the same image: every L2 slice is
+// cached (the fill loaded them all), so it measures what concurrent
+// readers pay for the metadata lock and the cache's hit path.
+func BenchmarkRandomRead4KParallel(b *testing.B) {
+	const size = 256 << 20
+	im := benchImage(b, "cluster_size=65536", size, true)
+	var seed atomic.Int64
+	b.SetBytes(4096)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		buf := make([]byte, 4096)
+		rng := rand.New(rand.NewSource(seed.Add(1)))
+		for pb.Next() {
+			if _, err := im.ReadAt(buf, rng.Int63n(size/4096)*4096); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
 
 func BenchmarkRandomOverwrite4K(b *testing.B) {
