@@ -127,3 +127,42 @@ func BenchmarkMapRuns(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkMapRuns4KParallel maps random 4 KiB ranges of a fully cached
+// image from GOMAXPROCS goroutines, under the metadata lock's write side
+// (as every read did before the shared path) and under its read side (the
+// shared path): the lock and cache cost alone, without the pread.
+func BenchmarkMapRuns4KParallel(b *testing.B) {
+	const size = 256 << 20
+	im := benchImage(b, "cluster_size=65536", size, true)
+	for _, shared := range []bool{false, true} {
+		name := "exclusive"
+		if shared {
+			name = "shared"
+		}
+		b.Run(name, func(b *testing.B) {
+			var seed atomic.Int64
+			b.RunParallel(func(pb *testing.PB) {
+				rng := rand.New(rand.NewSource(seed.Add(1)))
+				var stack [16]run
+				for pb.Next() {
+					off := rng.Int63n(size/4096) * 4096
+					var err error
+					if shared {
+						im.s.mu.RLock()
+						_, err = im.mapRunsIn(off, 4096, stack[:0], true)
+						im.s.mu.RUnlock()
+					} else {
+						im.s.mu.Lock()
+						_, err = im.mapRuns(off, 4096, stack[:0])
+						im.s.mu.Unlock()
+					}
+					if err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
