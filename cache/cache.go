@@ -5,12 +5,19 @@
 // caller makes durable whatever the blocks point at ("flush A before B").
 //
 // The cache is not safe for concurrent use on its own; callers serialise
-// access (the qcow2 image holds its metadata lock around every call).
+// access (the qcow2 image holds its metadata lock around every call). The
+// one exception is LookupShared: any number of goroutines may call it at
+// once, and read the blocks it returns, while no other method runs (the
+// caller holds a read-write lock shared for LookupShared and exclusive for
+// everything else). It touches no list and no map: a hit sets the block's
+// referenced bit atomically, and eviction gives referenced blocks a
+// second chance (CLOCK-style) before taking the least recently used one.
 package cache
 
 import (
 	"container/list"
 	"fmt"
+	"sync/atomic"
 )
 
 // Block is one cached block. Data is owned by the cache; callers may modify
@@ -20,6 +27,9 @@ type Block struct {
 	Data  []byte
 	dirty bool
 	elem  *list.Element
+	// ref: found by LookupShared since eviction last passed over the
+	// block; eviction then moves it to the front instead of dropping it.
+	ref atomic.Bool
 }
 
 // Dirty reports whether the block has changes not yet written back.
@@ -47,6 +57,9 @@ type Cache struct {
 
 	free [][]byte // recycled buffers
 
+	// Hits and Misses count Get and Lookup calls; LookupShared's hits are
+	// not counted (a counter shared by concurrent readers would be one
+	// more contended cache line on their fast path).
 	Hits, Misses uint64
 }
 
@@ -107,6 +120,21 @@ func (c *Cache) Lookup(key uint64) *Block {
 	}
 	c.Hits++
 	c.lru.MoveToFront(b.elem)
+	return b
+}
+
+// LookupShared returns the block at key if it is cached, or nil; it never
+// loads. Unlike every other method it may run concurrently with itself, in
+// any number of goroutines, provided no other method runs meanwhile; the
+// caller must only read the block's Data, and only until its shared
+// section ends. A hit marks the block referenced (an atomic bit, set only
+// when it was clear, so readers that keep hitting a block do not keep
+// writing its cache line) rather than moving it in the LRU list.
+func (c *Cache) LookupShared(key uint64) *Block {
+	b := c.blocks[key]
+	if b != nil && !b.ref.Load() {
+		b.ref.Store(true)
+	}
 	return b
 }
 
@@ -212,13 +240,21 @@ func (c *Cache) insert(key uint64, buf []byte) *Block {
 }
 
 // newBuf returns a buffer for a new block, evicting the least recently used
-// block when the cache is full. A dirty victim is written back first, with
-// all other dirty blocks (after the dependency flush); if that fails the
-// victim stays cached and dirty (nothing is lost) and the error is returned.
+// block when the cache is full: a block LookupShared found since eviction
+// last looked at it gets a second chance (its bit is cleared and it moves to
+// the front), so the loop ends within one pass. A dirty victim is written
+// back first, with all other dirty blocks (after the dependency flush); if
+// that fails the victim stays cached and dirty (nothing is lost) and the
+// error is returned.
 func (c *Cache) newBuf() ([]byte, error) {
 	if len(c.blocks) >= c.capacity {
-		for e := c.lru.Back(); e != nil; e = e.Prev() {
+		for e := c.lru.Back(); e != nil; e = c.lru.Back() {
 			b := e.Value.(*Block)
+			if b.ref.Load() {
+				b.ref.Store(false)
+				c.lru.MoveToFront(e)
+				continue
+			}
 			if b.dirty {
 				// Write back every dirty block, not just the victim:
 				// the hook (usually ending in an fdatasync) is then

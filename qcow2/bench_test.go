@@ -9,6 +9,7 @@ import (
 	"math/rand"
 	"os/exec"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 )
 
@@ -47,6 +48,28 @@ func BenchmarkRandomRead4K(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkRandomRead4KParallel is BenchmarkRandomRead4K from GOMAXPROCS
+// goroutines (-cpu sets how many) over the same image: every L2 slice is
+// cached (the fill loaded them all), so it measures what concurrent
+// readers pay for the metadata lock and the cache's hit path.
+func BenchmarkRandomRead4KParallel(b *testing.B) {
+	const size = 256 << 20
+	im := benchImage(b, "cluster_size=65536", size, true)
+	var seed atomic.Int64
+	b.SetBytes(4096)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		buf := make([]byte, 4096)
+		rng := rand.New(rand.NewSource(seed.Add(1)))
+		for pb.Next() {
+			if _, err := im.ReadAt(buf, rng.Int63n(size/4096)*4096); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
 
 func BenchmarkRandomOverwrite4K(b *testing.B) {
@@ -102,5 +125,44 @@ func BenchmarkMapRuns(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkMapRuns4KParallel maps random 4 KiB ranges of a fully cached
+// image from GOMAXPROCS goroutines, under the metadata lock's write side
+// (as every read did before the shared path) and under its read side (the
+// shared path): the lock and cache cost alone, without the pread.
+func BenchmarkMapRuns4KParallel(b *testing.B) {
+	const size = 256 << 20
+	im := benchImage(b, "cluster_size=65536", size, true)
+	for _, shared := range []bool{false, true} {
+		name := "exclusive"
+		if shared {
+			name = "shared"
+		}
+		b.Run(name, func(b *testing.B) {
+			var seed atomic.Int64
+			b.RunParallel(func(pb *testing.PB) {
+				rng := rand.New(rand.NewSource(seed.Add(1)))
+				var stack [16]run
+				for pb.Next() {
+					off := rng.Int63n(size/4096) * 4096
+					var err error
+					if shared {
+						im.s.mu.RLock()
+						_, err = im.mapRunsIn(off, 4096, stack[:0], true)
+						im.s.mu.RUnlock()
+					} else {
+						im.s.mu.Lock()
+						_, err = im.mapRuns(off, 4096, stack[:0])
+						im.s.mu.Unlock()
+					}
+					if err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
 	}
 }

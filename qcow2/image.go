@@ -55,7 +55,10 @@ type fileState struct {
 	snaps   []snapshot
 
 	// mu serialises metadata: the caches, L1/refcount tables, allocation.
-	mu        sync.Mutex
+	// Everything that changes them holds it exclusively. The read path
+	// alone maps under the read lock (mapRunsIn, shared): it only reads
+	// the L1 table, the header and cached L2 slices (cache.LookupShared).
+	mu        sync.RWMutex
 	l2c       *cache.Cache // L2 table slices, keyed by host offset
 	zc        *cache.Cache // decompressed clusters, keyed by compressed descriptor
 	refBlocks *cache.Cache // refcount blocks, keyed by host offset

@@ -1,5 +1,8 @@
 // The read path: guest ranges mapped to runs through the L1 and L2 tables,
 // then served from the image, the data file, the backing chain or zeros.
+// Mapping runs first under s.mu's read lock, from cached L2 slices only
+// (concurrent readers do not exclude each other); an uncached slice or
+// anything to report as corrupt sends it to the exclusive path.
 
 package qcow2
 
@@ -8,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/qcow2fs/qcow2fs/cache"
 )
 
 // run is a stretch of guest bytes with one treatment, produced by mapRuns.
@@ -20,35 +25,70 @@ type run struct {
 	skip   int64  // kindCompressed: offset inside the decompressed cluster
 }
 
+// errNeedExclusive stops a mapping under s.mu's read lock: it met an L2
+// slice that is not cached (loading one changes the cache) or metadata to
+// report corrupt (which flags the image); the caller maps again under the
+// exclusive lock, which does both.
+var errNeedExclusive = errors.New("qcow2: mapping needs the exclusive metadata lock")
+
+// mapCorrupt is corruptf for the mappers: under the read lock (shared) it
+// changes nothing and asks for the exclusive path instead.
+func (img *Image) mapCorrupt(shared bool, format string, args ...any) error {
+	if shared {
+		return errNeedExclusive
+	}
+	return img.s.corruptf(format, args...)
+}
+
 // l2TableOffset returns the L2 table offset for L1 index i, 0 if unallocated.
-func (img *Image) l2TableOffset(i int64) (int64, error) {
+// Caller holds s.mu.
+func (img *Image) l2TableOffset(i int64) (int64, error) { return img.l2TableOffsetIn(i, false) }
+
+// l2TableOffsetIn is l2TableOffset; with shared set the caller holds s.mu's
+// read lock only, and a corrupt entry returns errNeedExclusive.
+func (img *Image) l2TableOffsetIn(i int64, shared bool) (int64, error) {
 	if i >= int64(len(img.l1)) {
 		return 0, nil
 	}
 	off := int64(img.l1[i] & l1EntryOffsetMask)
 	if off&(img.s.g.clusterSize-1) != 0 {
-		return 0, img.s.corruptf("L1 entry %d: L2 table offset %#x is not cluster-aligned", i, off)
+		return 0, img.mapCorrupt(shared, "L1 entry %d: L2 table offset %#x is not cluster-aligned", i, off)
 	}
 	if off != 0 {
 		if what := img.overlapsMetadata(off, img.s.g.clusterSize); what != "" {
-			return 0, img.s.corruptf("L1 entry %d: L2 table at %#x overlaps %s", i, off, what)
+			return 0, img.mapCorrupt(shared, "L1 entry %d: L2 table at %#x overlaps %s", i, off, what)
 		}
 	}
 	return off, nil
 }
 
 // lookup returns the L2 entry of guest cluster c. Caller holds s.mu.
-func (img *Image) lookup(c int64) (l2Entry, error) {
+func (img *Image) lookup(c int64) (l2Entry, error) { return img.lookupIn(c, false) }
+
+// lookupIn is lookup; with shared set the caller holds s.mu's read lock
+// only: the slice comes from the cache's concurrent hit path, and a slice
+// not cached returns errNeedExclusive. (Writers change slices in place, and
+// evict and recycle them, only under the exclusive lock, so the entry read
+// here is whole and current.)
+func (img *Image) lookupIn(c int64, shared bool) (l2Entry, error) {
 	s := img.s
 	g := &s.g
 	l1i := g.l1Index(c)
-	l2off, err := img.l2TableOffset(l1i)
+	l2off, err := img.l2TableOffsetIn(l1i, shared)
 	if err != nil || l2off == 0 {
 		return l2Entry{}, err
 	}
 	pos := g.l2Index(c) * g.l2EntrySize
 	slice := l2SliceSize(*g)
-	blk, err := s.l2c.Get(uint64(l2off + pos/slice*slice))
+	key := uint64(l2off + pos/slice*slice)
+	var blk *cache.Block
+	if shared {
+		if blk = s.l2c.LookupShared(key); blk == nil {
+			return l2Entry{}, errNeedExclusive
+		}
+	} else {
+		blk, err = s.l2c.Get(key)
+	}
 	if errors.Is(err, io.EOF) {
 		return l2Entry{}, s.corruptf("L1 entry %d: L2 table at %#x lies past the end of the file", l1i, l2off)
 	}
@@ -66,6 +106,13 @@ func (img *Image) lookup(c int64) (l2Entry, error) {
 // mapRuns describes [off, off+n) as runs, merging neighbours that can be
 // served by one I/O. Caller holds s.mu.
 func (img *Image) mapRuns(off, n int64, out []run) ([]run, error) {
+	return img.mapRunsIn(off, n, out, false)
+}
+
+// mapRunsIn is mapRuns; with shared set the caller holds s.mu's read lock
+// only, and the mapping fails with errNeedExclusive (having changed nothing)
+// where it would load an L2 slice or report corruption.
+func (img *Image) mapRunsIn(off, n int64, out []run, shared bool) ([]run, error) {
 	g := &img.s.g
 	var err error
 	add := func(r run) {
@@ -94,13 +141,13 @@ func (img *Image) mapRuns(off, n int64, out []run) ([]run, error) {
 	for left := n; left > 0 && err == nil; {
 		chunk := min(left, l2Reach-off%l2Reach)
 		var l2off int64
-		if l2off, err = img.l2TableOffset(g.l1Index(g.clusterIndex(off))); err != nil {
+		if l2off, err = img.l2TableOffsetIn(g.l1Index(g.clusterIndex(off)), shared); err != nil {
 			break
 		}
 		if l2off == 0 {
 			add(run{kind: kindUnallocated, off: off, length: chunk})
 		} else {
-			err = img.mapTable(off, chunk, add)
+			err = img.mapTable(off, chunk, add, shared)
 		}
 		off += chunk
 		left -= chunk
@@ -109,12 +156,12 @@ func (img *Image) mapRuns(off, n int64, out []run) ([]run, error) {
 }
 
 // mapTable is mapRuns for a range within the reach of one L2 table.
-func (img *Image) mapTable(off, n int64, add func(run)) error {
+func (img *Image) mapTable(off, n int64, add func(run), shared bool) error {
 	g := &img.s.g
 	var err error
 	g.splitRange(off, n, func(p piece) bool {
 		var e l2Entry
-		e, err = img.lookup(p.cluster)
+		e, err = img.lookupIn(p.cluster, shared)
 		if err != nil {
 			return false
 		}
@@ -127,7 +174,7 @@ func (img *Image) mapTable(off, n int64, add func(run)) error {
 			var k clusterKind
 			k, err = e.kind(g, 0)
 			if err != nil {
-				err = img.s.corruptf("guest cluster %d: %v", p.cluster, err)
+				err = img.mapCorrupt(shared, "guest cluster %d: %v", p.cluster, err)
 				return false
 			}
 			add(run{kind: k, off: gOff, length: p.length, host: e.hostOffset() + p.skip})
@@ -137,7 +184,7 @@ func (img *Image) mapTable(off, n int64, add func(run)) error {
 		// means all of them are unallocated: one run).
 		if e.bitmap == 0 {
 			if _, err = e.kind(g, 0); err != nil {
-				err = img.s.corruptf("guest cluster %d: %v", p.cluster, err)
+				err = img.mapCorrupt(shared, "guest cluster %d: %v", p.cluster, err)
 				return false
 			}
 			add(run{kind: kindUnallocated, off: gOff, length: p.length})
@@ -151,7 +198,7 @@ func (img *Image) mapTable(off, n int64, add func(run)) error {
 			var k clusterKind
 			k, err = e.kind(g, i)
 			if err != nil {
-				err = img.s.corruptf("guest cluster %d: %v", p.cluster, err)
+				err = img.mapCorrupt(shared, "guest cluster %d: %v", p.cluster, err)
 				return false
 			}
 			add(run{kind: k, off: gOff + done, length: l, host: e.hostOffset() + in})
@@ -202,14 +249,27 @@ func (img *Image) read(p []byte, off int64) error {
 		img.w.ioLock.RLock()
 		defer img.w.ioLock.RUnlock()
 	}
-	s.mu.Lock()
+	// Map under the read lock first: readers whose L2 slices are all
+	// cached run side by side. Writers change the tables and the cache
+	// under the exclusive lock, so what is read here is a consistent state
+	// (the same one a reader holding the exclusive lock would see).
+	var stack [16]run
+	s.mu.RLock()
 	if s.closed {
-		s.mu.Unlock()
+		s.mu.RUnlock()
 		return ErrClosed
 	}
-	var stack [16]run
-	runs, err := img.mapRuns(off, int64(len(p)), stack[:0])
-	s.mu.Unlock()
+	runs, err := img.mapRunsIn(off, int64(len(p)), stack[:0], true)
+	s.mu.RUnlock()
+	if err == errNeedExclusive {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return ErrClosed
+		}
+		runs, err = img.mapRuns(off, int64(len(p)), stack[:0])
+		s.mu.Unlock()
+	}
 	if err != nil {
 		return err
 	}
