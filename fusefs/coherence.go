@@ -70,19 +70,32 @@ func (f *imageFile) changed(at, n int64) {
 	if len(todo) == 0 {
 		return
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	notifyBounded(notifyWait, func() {
 		for _, iv := range todo {
 			// ENOENT: the kernel has forgotten the inode, and its pages.
 			iv.g.NotifyContent(iv.off, iv.sz)
 		}
+	})
+}
+
+// notifyBounded runs notify, which sends the kernel notifications, on a
+// goroutine of its own and waits at most bound for it: the kernel may wait
+// on pages whose own requests wait for an answer from us (see notifyWait).
+// Past bound the notifications complete in the background. It reports
+// whether they completed in time.
+func notifyBounded(bound time.Duration, notify func()) bool {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		notify()
 	}()
-	t := time.NewTimer(notifyWait)
+	t := time.NewTimer(bound)
 	defer t.Stop()
 	select {
 	case <-done:
+		return true
 	case <-t.C:
+		return false
 	}
 }
 

@@ -122,23 +122,18 @@ func (s *Server) writeBackKernel(timeout time.Duration) error {
 	if !s.writeback {
 		return nil
 	}
-	done := make(chan struct{})
 	files := append([]*imageFile(nil), s.root.files...)
-	go func() {
-		defer close(done)
+	if !notifyBounded(timeout, func() {
 		for _, f := range files {
 			if !f.ro && f.opened.Load() {
 				// ENOENT: the kernel has forgotten the inode, and its pages.
 				f.NotifyContent(0, 0)
 			}
 		}
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-time.After(timeout):
+	}) {
 		return fmt.Errorf("the kernel took longer than %v to write back the writes it holds", timeout)
 	}
+	return nil
 }
 
 // ResumeReport says what changed in the mount at a resume.
@@ -208,9 +203,7 @@ func (s *Server) Resume(images []*qcow2.Image) (*ResumeReport, error) {
 	// suspended (qemu-img snapshot -a rewrites the disk), and negative or
 	// stale entries of the snapshot names: drop them. Bounded, after the
 	// gate is open, since the kernel may wait on a request of ours.
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	notifyBounded(notifyBound, func() {
 		for _, f := range r.files {
 			if f.img != nil && f.opened.Load() {
 				f.NotifyContent(0, 0)
@@ -219,11 +212,7 @@ func (s *Server) Resume(images []*qcow2.Image) (*ResumeReport, error) {
 		for _, name := range append(append([]string(nil), rep.Added...), rep.Removed...) {
 			r.NotifyEntry(name)
 		}
-	}()
-	select {
-	case <-done:
-	case <-time.After(notifyBound):
-	}
+	})
 	return rep, nil
 }
 

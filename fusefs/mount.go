@@ -78,7 +78,7 @@ func Mount(mountpoint string, images []*qcow2.Image, opts Options) (*Server, err
 		return nil, err
 	}
 	srv := &Server{mountpoint: mountpoint, views: views, dir: hostDir{-1}, health: root.health, root: root,
-		images: append([]*qcow2.Image(nil), images...), writeback: opts.WritebackCache && !opts.ReadOnly}
+		images: append([]*qcow2.Image(nil), images...), writeback: opts.writeback()}
 	// Opened before the mount, which may cover this very directory.
 	if root.dir, err = openHostDir(filepath.Dir(images[0].Path())); err != nil {
 		srv.closeViews()
@@ -408,7 +408,7 @@ func fuseOptions(images []*qcow2.Image, opts Options) (*fs.Options, io.Closer) {
 	pipe := opts.Log.WriterLevel(level)
 	goLog := log.New(pipe, "go-fuse: ", 0)
 	caps := uint64(fuse.CAP_DIRECT_IO_ALLOW_MMAP)
-	if opts.WritebackCache && !opts.ReadOnly {
+	if opts.writeback() {
 		// Buffered writes stay in the page cache until the kernel writes
 		// them back (or fsync, close, Suspend make it): see
 		// Options.WritebackCache.
@@ -438,12 +438,12 @@ func fuseOptions(images []*qcow2.Image, opts Options) (*fs.Options, io.Closer) {
 			// Off, a read is answered with one writev
 			// (integration's TestClassicReadSyscalls counts them).
 			DisableSplice: true,
-			// The kernel must not drop a file's cached
-			// pages whenever its mtime moves. The mtime shown is the image
-			// file's, which every write (ours, to the image) moves, so
-			// with automatic invalidation each attribute refresh threw
-			// away the whole page cache of a busy file: a loop device
-			// without direct I/O re-read everything through the daemon.
+			// The kernel must not drop a file's cached pages whenever its
+			// mtime moves. The mtime shown is the image file's, which
+			// every write (ours, to the image) moves, so with automatic
+			// invalidation each attribute refresh threw away the whole
+			// page cache of a busy file: a loop device without direct
+			// I/O re-read everything through the daemon.
 			// The daemon is the only writer of the image while mounted
 			// (the image is locked) and invalidates what the kernel cannot
 			// know: changes through a sibling file and while suspended.

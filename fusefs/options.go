@@ -95,3 +95,7 @@ const (
 	// blockSize is st_blksize: the preferred I/O size reported to programs.
 	blockSize = 4096
 )
+
+// writeback tells whether the mount asks the kernel for a write-back cache:
+// only a writable mount has writes to keep.
+func (o Options) writeback() bool { return o.WritebackCache && !o.ReadOnly }

@@ -137,9 +137,10 @@ func serve(cfg *mountConfig, rep reporter) int {
 }
 
 // waitUnmounted serves until the mount goes away. SIGINT, SIGTERM and
-// SIGQUIT (caught on sigs, since before the mount) ask for an unmount; while a file is in use (open, or a loop
-// device attached) the kernel refuses, and serving goes on — a lazy
-// unmount would cut off a loop device in the middle of its I/O. (Go's own
+// SIGQUIT (caught on sigs, since before the mount) ask for an unmount;
+// while a file is in use (open, or a loop device attached) the kernel
+// refuses, and serving goes on — a lazy unmount would cut off a loop
+// device in the middle of its I/O. (Go's own
 // answer to SIGQUIT, a goroutine dump and exit, would leave a dead mount
 // and the metadata still cached unwritten.)
 func waitUnmounted(srv *fusefs.Server, sigs chan os.Signal, log *logrus.Logger) {
