@@ -81,7 +81,7 @@ func (b *bench) ext4BufferedExtras(rows []*row) error {
 		return err
 	}
 	raw := filepath.Join(rawDir, "disk.raw")
-	if err := b.makeImage(tPassthrough, raw, diskSize, ""); err != nil {
+	if err := b.makeImage(tRawFile, raw, diskSize, ""); err != nil {
 		return err
 	}
 	b.ext4On(tRawFile, &exposed{target: tRawFile, file: raw, dir: rawDir}, ext4BufferedScenarios, rows, false, false)
@@ -96,15 +96,12 @@ func (b *bench) ext4BufferedExtras(rows []*row) error {
 		r.cells[tRawFile] = rows[len(wb)].cells[tRawFile]
 		wb = append(wb, r)
 	}
-	saved := b.cfg.qcow2fsOpts
-	b.cfg.qcow2fsOpts = append(append([]string(nil), saved...), "-o", "writeback_cache")
-	defer func() { b.cfg.qcow2fsOpts = saved }()
 	for _, t := range b.targets() {
 		if t != tQcow2fs && t != tQcow2fsUring {
 			continue
 		}
 		logf("-- %s -o writeback_cache", t)
-		d, err := b.freshDisk(t, dir, diskSize)
+		d, err := b.freshDisk(t, dir, diskSize, "-o", "writeback_cache")
 		if err != nil {
 			return err
 		}

@@ -86,8 +86,9 @@ func imageName(t target) string {
 	return "disk.raw"
 }
 
-// freshDisk makes dir/<target>/ with a new disk in it and exposes it.
-func (b *bench) freshDisk(t target, dir string, size int64) (*exposed, error) {
+// freshDisk makes dir/<target>/ with a new disk in it and exposes it;
+// qcow2fsOpts are added to a qcow2fs target's mount options.
+func (b *bench) freshDisk(t target, dir string, size int64, qcow2fsOpts ...string) (*exposed, error) {
 	d := filepath.Join(dir, t.String())
 	if err := os.MkdirAll(d, 0o755); err != nil {
 		return nil, err
@@ -96,24 +97,25 @@ func (b *bench) freshDisk(t target, dir string, size int64) (*exposed, error) {
 	if err := b.makeImage(t, img, size, ""); err != nil {
 		return nil, fmt.Errorf("%s: create %s: %w", t, img, err)
 	}
-	return b.expose(t, img, size, false)
+	return b.expose(t, img, size, false, qcow2fsOpts...)
 }
 
 // expose serves image (created by makeImage for t) and returns once the
 // raw view is ready. Failing to set up a target is fatal for the bench:
-// the caller returns the error.
-func (b *bench) expose(t target, image string, size int64, readOnly bool) (*exposed, error) {
+// the caller returns the error. qcow2fsOpts are added to a qcow2fs
+// target's mount options.
+func (b *bench) expose(t target, image string, size int64, readOnly bool, qcow2fsOpts ...string) (*exposed, error) {
 	var e *exposed
 	var err error
 	switch t {
 	case tQcow2fs:
-		var extra []string
+		extra := qcow2fsOpts
 		if b.cfg.uring {
-			extra = []string{"-o", "uring=off"}
+			extra = append([]string{"-o", "uring=off"}, extra...)
 		}
 		e, err = b.exposeQcow2fs(image, size, readOnly, extra...)
 	case tQcow2fsUring:
-		e, err = b.exposeQcow2fs(image, size, readOnly, "-o", "uring=on")
+		e, err = b.exposeQcow2fs(image, size, readOnly, append([]string{"-o", "uring=on"}, qcow2fsOpts...)...)
 	case tQEMU:
 		e, err = b.exposeQEMU(image, size, readOnly)
 	case tPassthrough:
