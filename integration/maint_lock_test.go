@@ -5,10 +5,8 @@
 package integration
 
 import (
-	"os/exec"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/qcow2fs/qcow2fs/internal/testenv"
 )
@@ -124,20 +122,7 @@ func TestMaintLocking(t *testing.T) {
 	t.Run("qemu-io-holds", func(t *testing.T) {
 		img := k.Path("held")
 		qemuCreate(t, img, "4M", "", "", "")
-		cmd := exec.Command("qemu-io", "-f", "qcow2", "-c", "sleep 20000", img)
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		defer func() {
-			cmd.Process.Kill()
-			<-done
-		}()
-		// Wait until qemu-io holds its locks: a reader is then refused.
-		if !waitUntil(10*time.Second, func() bool { return execute("", "qemu-img", "info", img).Code != 0 }) {
-			t.Fatalf("qemu-io never took the image's locks")
-		}
+		holdWithQemuIO(t, img)
 		mnt3 := mkdir(t, dir, "mnt3")
 		if r := maintRun("", "mount", img, mnt3); r.Code != 1 || !strings.Contains(r.Stderr, "lock") {
 			forceUnmount(t, mnt3)

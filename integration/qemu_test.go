@@ -7,9 +7,13 @@ import (
 	"encoding/json"
 	"math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // qemuCreate makes a qcow2 image. opts is qemu-img's -o string (may be "");
@@ -103,4 +107,48 @@ func writeRandomFile(t testing.TB, path string, seed int64, n int) []byte {
 		t.Fatal(err)
 	}
 	return buf
+}
+
+// holdWithQemuIO starts qemu-io holding img open read-write (it takes
+// QEMU's image locks) and returns once the write lock is held; the process
+// is killed by the returned release (idempotent) or at the end of the
+// test. The wait only looks (F_OFD_GETLK on
+// QEMU's "write" permission byte): probing with qemu-img info would take
+// conflicting locks itself, and a qemu-io that opened during such a probe
+// would give up with "Failed to get write lock".
+func holdWithQemuIO(t testing.TB, img string) (release func()) {
+	t.Helper()
+	var stderr strings.Builder
+	cmd := exec.Command("qemu-io", "-f", "qcow2", "-c", "sleep 600000", img)
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	release = func() { cmd.Process.Kill(); <-done }
+	t.Cleanup(release)
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const writePermByte = 101 // QEMU: lock base 100 + bit 1 (BLK_PERM_WRITE)
+	for end := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		select {
+		case <-done:
+			t.Fatalf("qemu-io exited before taking the locks of %s: %s", img, stderr.String())
+		default:
+		}
+		lk := unix.Flock_t{Type: unix.F_WRLCK, Start: writePermByte, Len: 1}
+		if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
+			t.Fatalf("%s: F_OFD_GETLK: %v", img, err)
+		}
+		if lk.Type != unix.F_UNLCK {
+			return release
+		}
+		if time.Now().After(end) {
+			t.Fatalf("qemu-io did not take the locks of %s within 30 s: %s", img, stderr.String())
+		}
+	}
 }
