@@ -6,7 +6,6 @@ package integration
 import (
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -142,6 +141,42 @@ func TestStatus(t *testing.T) {
 	}
 }
 
+// TestStatusRightAfterKill: a mount whose daemon has just died is stale,
+// even while the kernel is still tearing the connection down (a request
+// caught in the teardown fails with ECONNABORTED, or ECANCELED over
+// io_uring, not ENOTCONN).
+func TestStatusRightAfterKill(t *testing.T) {
+	requireEnv(t)
+	dir := testDir(t)
+	k := newImageKit(t, mkdir(t, dir, "img"))
+	a := k.Path("a")
+	qemuCreate(t, a, "4M", "", "", "")
+	mnt := mkdir(t, dir, "mnt")
+	const rounds = 20
+	for i := 0; i < rounds; i++ {
+		mountQcow2fs(t, mnt, []string{"--ro"}, a)
+		pid := qcow2fsStatus(t)[mnt].PID
+		if pid <= 0 {
+			t.Fatalf("round %d: no daemon pid in status", i)
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		st := qcow2fsStatus(t)[mnt]
+		if st.State != "stale" && !(st.State == "serving" && !gone(pid)) {
+			t.Fatalf("round %d: status right after SIGKILL of %d: %+v, want stale", i, pid, st)
+		}
+		if !waitUntil(5*time.Second, func() bool { return gone(pid) }) {
+			t.Fatalf("daemon %d survived SIGKILL", pid)
+		}
+		if st := qcow2fsStatus(t)[mnt]; st.State != "stale" {
+			t.Fatalf("round %d: status after the death of %d: %+v, want stale", i, pid, st)
+		}
+		forceUnmount(t, mnt)
+	}
+	t.Logf("%d kill/status rounds, every one stale", rounds)
+}
+
 // TestMountExitCodes: every way a mount can fail gives exit code 1 (2 for
 // usage errors) with one line naming the problem, and leaves nothing
 // mounted and no daemon holding the image.
@@ -158,18 +193,7 @@ func TestMountExitCodes(t *testing.T) {
 	mountQcow2fs(t, busy, []string{"--ro"}, filepath.Join(other, "other.qcow2"))
 
 	// Hold vm.qcow2 open for writing in qemu-io for the locked case.
-	holder := exec.Command("qemu-io", "-f", "qcow2", "-c", "sleep 20000", img)
-	if err := holder.Start(); err != nil {
-		t.Fatal(err)
-	}
-	held := make(chan struct{})
-	go func() { holder.Wait(); close(held) }()
-	t.Cleanup(func() { holder.Process.Kill(); <-held })
-	if !waitUntil(10*time.Second, func() bool {
-		return execute("", "qemu-img", "info", img).Code != 0 // refused while locked
-	}) {
-		t.Fatal("qemu-io did not take the image lock")
-	}
+	release := holdWithQemuIO(t, img)
 
 	for _, tc := range []struct {
 		name   string
@@ -207,8 +231,7 @@ func TestMountExitCodes(t *testing.T) {
 			}
 		})
 	}
-	holder.Process.Kill()
-	<-held
+	release()
 	if h := mounts.OpenUnder(img); len(h) > 0 {
 		t.Errorf("failed mounts left the image open: %s", strings.Join(h, "; "))
 	}

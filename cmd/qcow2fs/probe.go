@@ -32,7 +32,7 @@ type probeResult int
 
 const (
 	probeServing  probeResult = iota // the daemon answered
-	probeDead                        // ENOTCONN: the daemon is gone
+	probeDead                        // ENOTCONN or ECONNABORTED: the daemon is gone
 	probeError                       // another error (EACCES, ...)
 	probeTimedOut                    // no answer within the bound
 )
@@ -47,13 +47,22 @@ const (
 func isProbeChild() bool { return os.Getenv(probeEnv) != "" }
 
 // runProbeChild is main() of a probe: statfs the path, say how it went.
+// A dead daemon's mount answers ENOTCONN; a request caught while the
+// kernel tears the connection down (the daemon has just died, or the
+// connection was aborted) fails with ECONNABORTED, which is as final.
+// Over io_uring such a request may first fail with ECANCELED, before the
+// teardown reaches the connection: that one is asked again.
 func runProbeChild() int {
 	var st unix.Statfs_t
 	err := unix.Statfs(os.Getenv(probeEnv), &st)
+	for i := 0; i < 100 && errors.Is(err, syscall.ECANCELED); i++ {
+		time.Sleep(5 * time.Millisecond)
+		err = unix.Statfs(os.Getenv(probeEnv), &st)
+	}
 	switch {
 	case err == nil:
 		return probeExitServing
-	case errors.Is(err, syscall.ENOTCONN):
+	case errors.Is(err, syscall.ENOTCONN), errors.Is(err, syscall.ECONNABORTED):
 		return probeExitDead
 	default:
 		return probeExitError

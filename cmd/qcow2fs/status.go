@@ -22,11 +22,12 @@ const statusUsage = `Usage: qcow2fs status [--output human|json]
 Lists the qcow2fs mounts this process can see (/proc/self/mountinfo): the
 mount point, the mode (ro, rw, or rw with an overlay), the daemon's pid, its
 state, the source and the images (the layer each serves: after a live
-external snapshot, the overlay, with the image it was taken of). The state is "serving" when the daemon
-answers, "suspended" after qcow2fs suspend (its requests wait until qcow2fs
-resume), "stale" when it died (the next mount of that mount point or image
-cleans it up), and "not responding" when it is stopped or does not answer
-within a few seconds (status never waits longer on a mount). The pid is
+external snapshot, the overlay, with the image it was taken of). The state
+is "serving" when the daemon answers, "suspended" after qcow2fs suspend (its
+requests wait until qcow2fs resume), "stale" when it died (the next mount of
+that mount point or image cleans it up), and "not responding" when it is
+stopped or does not answer within a few seconds (status never waits longer
+on a mount). The pid is
 known for mounts made by this user (run state in /run/qcow2fs for root;
 for other users $XDG_RUNTIME_DIR/qcow2fs, or /tmp/qcow2fs-UID when it is
 unset: a 0700 directory of theirs); otherwise it shows as "-".
