@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/qcow2fs/qcow2fs/internal/units"
 
@@ -256,14 +257,59 @@ func TestProgressSilentOffTerminal(t *testing.T) {
 	defer func() { stderrIsTerminal = old }()
 	stderrIsTerminal = func() bool { return false }
 	p := newProgress(true, "x")
-	if p.bar != nil {
+	if p.w != nil {
 		t.Fatal("progress bar created although stderr is not a terminal")
 	}
 	p.update(1, 2)
 	p.finish()
 	p.abort()
 	stderrIsTerminal = func() bool { return true }
-	if p := newProgress(false, "x"); p.bar != nil {
+	if p := newProgress(false, "x"); p.w != nil {
 		t.Error("progress bar created without -p")
+	}
+}
+
+// TestProgressLine: on a terminal the line is redrawn in place (\r), at
+// most every progressEvery, with a percentage and, after a second, an
+// estimate; the end (by the last step, finish or abort) ends the line once.
+func TestProgressLine(t *testing.T) {
+	var out strings.Builder
+	clock := time.Unix(1000, 0)
+	p := &progress{w: &out, what: "converting", now: func() time.Time { return clock }}
+	p.start = clock
+	p.draw(0, 1)
+	p.update(10, 100) // within progressEvery of the first draw: not drawn
+	clock = clock.Add(2 * time.Second)
+	p.update(50, 100)
+	p.update(60, 100) // throttled
+	clock = clock.Add(2 * time.Second)
+	p.update(100, 100)
+	p.update(100, 100) // after the end: nothing
+	p.finish()
+	p.abort()
+	lines := strings.Split(out.String(), "\r")[1:]
+	if len(lines) != 3 {
+		t.Fatalf("%d draws, want 3 (start, 50%%, end): %q", len(lines), out.String())
+	}
+	for i, want := range []string{"converting   0% [>", "converting  50% [===============>", "converting 100% [==============================] 4s "} {
+		if !strings.HasPrefix(lines[i], want) {
+			t.Errorf("draw %d = %q, want it to start with %q", i, lines[i], want)
+		}
+	}
+	if !strings.Contains(lines[1], "2s, about 2s left") {
+		t.Errorf("50%% after 2s: %q, want the elapsed time and about 2s left", lines[1])
+	}
+	if strings.Count(out.String(), "\n") != 1 || !strings.HasSuffix(out.String(), "\n") {
+		t.Errorf("the line was ended %d times: %q", strings.Count(out.String(), "\n"), out.String())
+	}
+
+	out.Reset()
+	p = &progress{w: &out, what: "checking", now: time.Now}
+	p.start = p.now()
+	p.draw(3, 10)
+	p.abort()
+	p.finish()
+	if got := out.String(); !strings.HasPrefix(got, "\rchecking  30%") || !strings.HasSuffix(got, "\n") || strings.Count(got, "100%") != 0 {
+		t.Errorf("aborted line: %q, want 30%% then a newline and no completion", got)
 	}
 }
