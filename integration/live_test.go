@@ -477,12 +477,15 @@ func TestLiveSuspendTimeout(t *testing.T) {
 		cleanupMount(t, mnt)
 	})
 	fault := fmt.Sprintf("QCOW2FS_FAULT_DELAY_READ=%s:%d:4s", img, runs[0].Offset)
-	if r := boundedEnv(30*time.Second, []string{fault}, []string{mnt}, "", bin, "mount", img, mnt); r.Code != 0 {
+	mark := filepath.Join(dir, "read-in-daemon")
+	if r := boundedEnv(30*time.Second, []string{fault, "QCOW2FS_FAULT_DELAY_MARK=" + mark}, []string{mnt}, "", bin, "mount", img, mnt); r.Code != 0 {
 		t.Fatalf("mount: %s", r)
 	}
 	raw := filepath.Join(mnt, "vm.raw")
 	read := startBg(t, "", "dd", "if="+raw, "of=/dev/null", "bs=4096", "count=1", "iflag=direct", "status=none")
-	time.Sleep(500 * time.Millisecond) // the read is in the daemon now
+	if !waitUntil(3*time.Second, func() bool { _, err := os.Stat(mark); return err == nil }) {
+		t.Fatalf("the delayed read never reached the daemon's image read")
+	}
 	start := time.Now()
 	r := q2(mnt, "suspend", "--timeout", "1s", mnt)
 	took := time.Since(start)

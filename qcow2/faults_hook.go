@@ -13,7 +13,9 @@ package qcow2
 //
 // QCOW2FS_FAULT_DELAY_READ="PATH:OFFSET:DURATION" makes every read of PATH
 // that covers host offset OFFSET take DURATION longer (a slow disk): a
-// request stays in flight that long (the live suspend tests).
+// request stays in flight that long (the live suspend tests). With
+// QCOW2FS_FAULT_DELAY_MARK=FILE set too, FILE is created when such a read
+// starts waiting, so a test knows the request is in the daemon.
 
 import (
 	"fmt"
@@ -43,7 +45,7 @@ func init() {
 		wrapHostFile = func(p string, f hostFile) hostFile {
 			f = prev(p, f)
 			if p == path {
-				return &delayOnRead{hostFile: f, off: off, d: d}
+				return &delayOnRead{hostFile: f, off: off, d: d, mark: os.Getenv("QCOW2FS_FAULT_DELAY_MARK")}
 			}
 			return f
 		}
@@ -90,12 +92,16 @@ func (p *panicOnRead) ReadAt(b []byte, off int64) (int, error) {
 
 type delayOnRead struct {
 	hostFile
-	off int64
-	d   time.Duration
+	off  int64
+	d    time.Duration
+	mark string // created when a delayed read starts waiting ("" = none)
 }
 
 func (p *delayOnRead) ReadAt(b []byte, off int64) (int, error) {
 	if off <= p.off && p.off < off+int64(len(b)) {
+		if p.mark != "" {
+			os.WriteFile(p.mark, nil, 0o644)
+		}
 		time.Sleep(p.d)
 	}
 	return p.hostFile.ReadAt(b, off)
