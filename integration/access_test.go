@@ -249,6 +249,28 @@ func TestNamedFilesOwnerMayOpen(t *testing.T) {
 		}
 		unmountQcow2fs(t, mnt, img, own)
 	})
+	t.Run("backing file readable through a supplementary group", func(t *testing.T) {
+		// The daemon learns the owner's groups as a login would (NSS,
+		// through getent): a member of the file's group may use it, the
+		// image of someone outside the group is refused.
+		grp, gid := newTestGroup(t, "b")
+		member := newTestUser(t, "b", grp)
+		groupFile := filepath.Join(dir, "group.raw") // root:grp, 0640
+		fillFile(t, groupFile, 0x22, 1<<20, 0o640)
+		chown(t, groupFile, 0, gid)
+		memberHome := mkdir(t, dir, "member-home")
+		chown(t, memberHome, member.Uid, member.Gid)
+		img := filepath.Join(memberHome, "grp.qcow2")
+		qemuCreate(t, img, "4M", "", groupFile, "raw")
+		chown(t, img, member.Uid, member.Gid)
+		mountQcow2fs(t, mnt, []string{"--ro", "--allow-other"}, img)
+		if got := asUserOK(t, member, "od", "-An", "-tx1", "-N4", filepath.Join(mnt, "grp.raw")); strings.TrimSpace(got) != "22 22 22 22" {
+			t.Errorf("grp.raw as its owner starts with %q, want the backing file's 22 22 22 22", got)
+		}
+		unmountQcow2fs(t, mnt, img, groupFile)
+		outsider := userImage("outsider.qcow2", "", groupFile, "raw")
+		mountRefused(t, mnt, []string{outsider, groupFile, u.Name}, "--ro", "--allow-other", outsider)
+	})
 	t.Run("no-backing stays strict", func(t *testing.T) {
 		img := userImage("strict.qcow2", "", secret, "raw")
 		mountQcow2fs(t, mnt, []string{"--ro", "--no-backing", "--allow-other"}, img)

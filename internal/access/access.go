@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/user"
 	"strconv"
 	"syscall"
 
@@ -95,26 +94,17 @@ type Principal struct {
 	Name string // "" when the uid has no account
 }
 
-// Lookup returns the user with this uid and the groups they get at login
-// (/etc/passwd and /etc/group, or NSS). A uid with no account gets no
-// group at all: nothing is granted through a group we cannot name.
+// Lookup returns the user with this uid and the groups they get at login,
+// as NSS has them (accounts.go). A uid with no account gets no group at
+// all: nothing is granted through a group we cannot name.
 func Lookup(uid uint32) Principal {
 	p := Principal{Uid: uid}
-	u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10))
-	if err != nil {
+	a, ok := lookupUID(uid)
+	if !ok {
 		return p
 	}
-	p.Name = u.Username
-	ids, err := u.GroupIds()
-	if err != nil {
-		// The primary group at least is certain.
-		ids = []string{u.Gid}
-	}
-	for _, s := range ids {
-		if g, err := strconv.ParseUint(s, 10, 32); err == nil {
-			p.Gids = append(p.Gids, uint32(g))
-		}
-	}
+	p.Name = a.name
+	p.Gids = loginGroups(a)
 	return p
 }
 
@@ -276,15 +266,15 @@ func verb(want Perm) string {
 }
 
 func userName(uid uint32) string {
-	if u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10)); err == nil {
-		return u.Username
+	if a, ok := lookupUID(uid); ok {
+		return a.name
 	}
 	return strconv.FormatUint(uint64(uid), 10)
 }
 
 func groupName(gid uint32) string {
-	if g, err := user.LookupGroupId(strconv.FormatUint(uint64(gid), 10)); err == nil {
-		return g.Name
+	if name, ok := groupNameOf(gid); ok {
+		return name
 	}
 	return strconv.FormatUint(uint64(gid), 10)
 }

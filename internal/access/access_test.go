@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -244,4 +245,45 @@ func TestDescribeSeesACLs(t *testing.T) {
 	if err := p.CanOpen(Object{Attr: Attr{Mode: 0o644}, Dirs: []Dir{last}}, Read); err == nil || !strings.Contains(err.Error(), "search directory") {
 		t.Errorf("CanOpen through a directory with an ACL: %v", err)
 	}
+}
+
+// TestAccountsGetentAndFiles: the NSS answers (getent) and the /etc files
+// (os/user, the fallback when getent is missing) agree on every account
+// and group of the files; a uid or gid with no entry has no name either
+// way.
+func TestAccountsGetentAndFiles(t *testing.T) {
+	if getentPath == "" {
+		t.Fatal("no getent on PATH: it is part of libc-bin, which every Debian system has")
+	}
+	passwd, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uids []uint32
+	for _, l := range strings.Split(string(passwd), "\n") {
+		if f := strings.Split(l, ":"); len(f) > 3 {
+			if u, err := strconv.ParseUint(f[2], 10, 32); err == nil {
+				uids = append(uids, uint32(u))
+			}
+		}
+	}
+	uids = append(uids, 4242424)
+	sorted := func(g []uint32) []uint32 { g = slices.Clone(g); slices.Sort(g); return g }
+	saved := getentPath
+	defer func() { getentPath = saved }()
+	for _, uid := range uids {
+		getentPath = saved
+		nss, nssUser := Lookup(uid), userName(uid)
+		nssGroup := groupName(uid) // a gid of the same number
+		getentPath = ""
+		files, filesUser, filesGroup := Lookup(uid), userName(uid), groupName(uid)
+		if nss.Name != files.Name || !slices.Equal(sorted(nss.Gids), sorted(files.Gids)) || nssUser != filesUser || nssGroup != filesGroup {
+			t.Errorf("uid %d: getent says %+v %q %q, the files %+v %q %q", uid, nss, nssUser, nssGroup, files, filesUser, filesGroup)
+		}
+	}
+	getentPath = saved
+	if p := Lookup(0); p.Name != "root" || !slices.Contains(p.Gids, 0) {
+		t.Errorf("Lookup(0) through getent = %+v", p)
+	}
+	t.Logf("%d uids looked up both ways", len(uids))
 }
