@@ -144,6 +144,7 @@ func buildBinary(dir string) (string, error) {
 	}
 	out := filepath.Join(dir, "qcow2fs")
 	cmd := exec.Command(goTool, "build", "-o", out, "../cmd/qcow2fs")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as make build makes it
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build qcow2fs: %v\n%s", err, b)
 	}

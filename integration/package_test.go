@@ -4,6 +4,7 @@
 package integration
 
 import (
+	"debug/elf"
 	"errors"
 	"os"
 	"path/filepath"
@@ -97,6 +98,17 @@ func TestDebPackage(t *testing.T) {
 	})
 	run(t, "dpkg", "-i", deb)
 
+	// Static: no ELF interpreter, so no C library to depend on.
+	if f, err := elf.Open("/usr/bin/qcow2fs"); err != nil {
+		t.Error(err)
+	} else {
+		for _, p := range f.Progs {
+			if p.Type == elf.PT_INTERP {
+				t.Errorf("/usr/bin/qcow2fs is dynamically linked (it has an ELF interpreter); the package declares no C library")
+			}
+		}
+		f.Close()
+	}
 	if v := run(t, "/usr/bin/qcow2fs", "--version"); !strings.HasPrefix(v, "qcow2fs "+version+" ") {
 		t.Errorf("qcow2fs --version: %q, want version %s", v, version)
 	}

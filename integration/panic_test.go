@@ -40,6 +40,7 @@ func faultsBinary(t *testing.T) string {
 		}
 		faultsBin = filepath.Join(testRoot, "qcow2fs-faults")
 		cmd := exec.Command(goTool, "build", "-tags", "qcow2fs_faults", "-o", faultsBin, "../cmd/qcow2fs")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if b, err := cmd.CombinedOutput(); err != nil {
 			faultsBinErr = fmt.Errorf("build qcow2fs with fault injection: %v\n%s", err, b)
 		}

@@ -44,8 +44,8 @@ if ! command -v go >/dev/null; then
 fi
 
 echo "== building bin/qcow2fs, bin/fuse-passthrough, bin/qcow2fs-bench"
-go build -o bin/qcow2fs ./cmd/qcow2fs
-go build -o bin/fuse-passthrough ./tools/fuse-passthrough
+CGO_ENABLED=0 go build -o bin/qcow2fs ./cmd/qcow2fs # as make build
+CGO_ENABLED=0 go build -o bin/fuse-passthrough ./tools/fuse-passthrough
 go build -o bin/qcow2fs-bench ./tools/qcow2fs-bench
 
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/qcow2fs-bench.XXXXXX")

@@ -20,7 +20,7 @@ install -d "$R/usr/bin" "$R/sbin" "$R/usr/share/man/man1" "$R/usr/share/man/man8
 	"$R/usr/share/bash-completion/completions" "$R/usr/share/zsh/vendor-completions" \
 	"$R/lib/systemd/system" "$R/usr/share/doc/qcow2fs/examples" "$R/DEBIAN"
 
-GOPROXY=off $GO build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o "$R/usr/bin/qcow2fs" ./cmd/qcow2fs
+CGO_ENABLED=0 GOPROXY=off $GO build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o "$R/usr/bin/qcow2fs" ./cmd/qcow2fs
 ln -s /usr/bin/qcow2fs "$R/sbin/mount.fuse.qcow2fs"
 ln -s /usr/bin/qcow2fs "$R/sbin/mount.qcow2fs"
 
