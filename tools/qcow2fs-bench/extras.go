@@ -79,7 +79,7 @@ func vmHWM(pid int) (int64, error) {
 }
 
 // mountTimeReps is how many times each mount is timed; the median counts.
-const mountTimeReps = 3
+const mountTimeReps = 7
 
 // runMountTime times mounting a 4 TiB image made with
 // preallocation=metadata (half a GiB of L2 tables): from starting the
