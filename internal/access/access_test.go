@@ -252,7 +252,7 @@ func TestDescribeSeesACLs(t *testing.T) {
 // and group of the files; a uid or gid with no entry has no name either
 // way.
 func TestAccountsGetentAndFiles(t *testing.T) {
-	if getentPath == "" {
+	if getentPath() == "" {
 		t.Fatal("no getent on PATH: it is part of libc-bin, which every Debian system has")
 	}
 	passwd, err := os.ReadFile("/etc/passwd")
@@ -275,7 +275,7 @@ func TestAccountsGetentAndFiles(t *testing.T) {
 		getentPath = saved
 		nss, nssUser := Lookup(uid), userName(uid)
 		nssGroup := groupName(uid) // a gid of the same number
-		getentPath = ""
+		getentPath = func() string { return "" }
 		files, filesUser, filesGroup := Lookup(uid), userName(uid), groupName(uid)
 		if nss.Name != files.Name || !slices.Equal(sorted(nss.Gids), sorted(files.Gids)) || nssUser != filesUser || nssGroup != filesGroup {
 			t.Errorf("uid %d: getent says %+v %q %q, the files %+v %q %q", uid, nss, nssUser, nssGroup, files, filesUser, filesGroup)

@@ -15,19 +15,28 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"os/exec"
 	"os/user"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
-// getentPath is getent(1), found once; "" when there is none. A variable
-// so tests can take it away.
-var getentPath = func() string {
-	p, _ := exec.LookPath("getent")
-	return p
-}()
+// getentPath is getent(1), looked for on first use (not at start-up: a
+// mount starts two processes, and most never look an account up) on $PATH,
+// then where Debian puts it (mount(8) may run us with a bare environment);
+// "" when there is none. A variable so tests can take it away.
+var getentPath = sync.OnceValue(func() string {
+	if p, err := exec.LookPath("getent"); err == nil {
+		return p
+	}
+	if _, err := os.Stat("/usr/bin/getent"); err == nil {
+		return "/usr/bin/getent"
+	}
+	return ""
+})
 
 // errNoGetent: use os/user instead.
 var errNoGetent = errors.New("no getent")
@@ -35,14 +44,15 @@ var errNoGetent = errors.New("no getent")
 // getent runs getent DB KEY... and returns its lines. A key with no entry
 // gives no lines (exit 2) and no error.
 func getent(db string, keys ...string) ([]string, error) {
-	if getentPath == "" {
+	path := getentPath()
+	if path == "" {
 		return nil, errNoGetent
 	}
 	// An NSS back end that hangs (an unreachable LDAP server) must not
 	// hang a mount.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, getentPath, append([]string{db}, keys...)...)
+	cmd := exec.CommandContext(ctx, path, append([]string{db}, keys...)...)
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	err := cmd.Run()
