@@ -64,11 +64,8 @@ func Mount(mountpoint string, images []*qcow2.Image, opts Options) (*Server, err
 	if len(images) == 0 {
 		return nil, fmt.Errorf("no image to mount")
 	}
-	if opts.WritebackCache && opts.Partitions {
-		return nil, fmt.Errorf("mount %s: the write-back cache cannot serve partition files: a write kept in one file's page cache would not show through the others", mountpoint)
-	}
-	if opts.WritebackCache && opts.DirectIO {
-		return nil, fmt.Errorf("mount %s: the write-back cache and direct I/O exclude each other", mountpoint)
+	if err := opts.Conflict(); err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	if opts.Log == nil {
 		opts.Log = logrus.StandardLogger()

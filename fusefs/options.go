@@ -9,6 +9,7 @@
 package fusefs
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -99,3 +100,15 @@ const (
 // writeback tells whether the mount asks the kernel for a write-back cache:
 // only a writable mount has writes to keep.
 func (o Options) writeback() bool { return o.WritebackCache && !o.ReadOnly }
+
+// Conflict reports options that exclude each other, named as mount
+// options (Mount refuses them; the CLI calls it for a usage error first).
+func (o Options) Conflict() error {
+	switch {
+	case o.WritebackCache && o.DirectIO:
+		return fmt.Errorf("writeback_cache and direct_io exclude each other: direct I/O bypasses the page cache that writeback_cache keeps writes in")
+	case o.WritebackCache && o.Partitions:
+		return fmt.Errorf("writeback_cache and partitions exclude each other: a write kept in the page cache of one file (vm.raw) would not show in the other files of the disk (vm-p1.raw) until written back")
+	}
+	return nil
+}

@@ -139,10 +139,10 @@ func checkMountConfig(cfg *mountConfig, nSources int) error {
 		return usagef("--overlay takes exactly one image")
 	case cfg.Overlay != "" && cfg.NoBacking:
 		return usagef("--overlay and --no-backing exclude each other: the image is the overlay's backing file")
-	case cfg.WritebackCache && cfg.DirectIO:
-		return usagef("writeback_cache and direct_io exclude each other: direct I/O bypasses the page cache that writeback_cache keeps writes in")
-	case cfg.WritebackCache && cfg.Partitions:
-		return usagef("writeback_cache and partitions exclude each other: a write kept in the page cache of one file (vm.raw) would not show in the other files of the disk (vm-p1.raw) until written back")
+	}
+	fo := fusefs.Options{WritebackCache: cfg.WritebackCache, DirectIO: cfg.DirectIO, Partitions: cfg.Partitions}
+	if err := fo.Conflict(); err != nil {
+		return usagef("%v", err)
 	}
 	return nil
 }
