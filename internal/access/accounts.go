@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -107,12 +108,9 @@ func lookupUID(uid uint32) (a account, ok bool) {
 func loginGroups(a account) []uint32 {
 	gids := []uint32{a.gid}
 	add := func(g uint32) {
-		for _, have := range gids {
-			if have == g {
-				return
-			}
+		if !slices.Contains(gids, g) {
+			gids = append(gids, g)
 		}
-		gids = append(gids, g)
 	}
 	lines, err := getent("initgroups", a.name)
 	if err != nil {
