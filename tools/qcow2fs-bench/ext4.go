@@ -44,21 +44,11 @@ func (b *bench) runExt4() error {
 		logf("== ext4 on a loop device (direct I/O %v) over the exposed file", dio)
 		for _, t := range b.targets() {
 			logf("-- %s", t)
-			d, err := b.freshDisk(t, filepath.Join(b.work, "ext4"), diskSize)
-			if err != nil {
-				return err
-			}
 			// QEMU 7.2's export is known to corrupt ext4 under a direct-I/O
 			// loop device: a failure there is reported, not fatal.
-			expected := t == tQEMU
-			b.ext4On(t, d, scs, rows, dio, expected)
-			if interrupted.Load() {
-				return errInterrupted
-			}
-			if err := b.stop(d); err != nil {
+			if err := b.ext4OnFresh(t, filepath.Join(b.work, "ext4"), scs, rows, dio, t == tQEMU); err != nil {
 				return err
 			}
-			b.removeDir(d.dir)
 		}
 		if !dio {
 			if err := b.ext4BufferedExtras(rows); err != nil {
@@ -101,19 +91,28 @@ func (b *bench) ext4BufferedExtras(rows []*row) error {
 			continue
 		}
 		logf("-- %s -o writeback_cache", t)
-		d, err := b.freshDisk(t, dir, diskSize, "-o", "writeback_cache")
-		if err != nil {
+		if err := b.ext4OnFresh(t, dir, ext4BufferedScenarios, wb, false, false, "-o", "writeback_cache"); err != nil {
 			return err
 		}
-		b.ext4On(t, d, ext4BufferedScenarios, wb, false, false)
-		if interrupted.Load() {
-			return errInterrupted
-		}
-		if err := b.stop(d); err != nil {
-			return err
-		}
-		b.removeDir(d.dir)
 	}
+	return nil
+}
+
+// ext4OnFresh runs the scenarios through ext4 on a fresh disk of t in dir
+// (qcow2fsOpts added to a qcow2fs mount), then stops and removes it.
+func (b *bench) ext4OnFresh(t target, dir string, scs []scenario, rows []*row, dio, expected bool, qcow2fsOpts ...string) error {
+	d, err := b.freshDisk(t, dir, diskSize, qcow2fsOpts...)
+	if err != nil {
+		return err
+	}
+	b.ext4On(t, d, scs, rows, dio, expected)
+	if interrupted.Load() {
+		return errInterrupted
+	}
+	if err := b.stop(d); err != nil {
+		return err
+	}
+	b.removeDir(d.dir)
 	return nil
 }
 
