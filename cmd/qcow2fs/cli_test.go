@@ -26,6 +26,9 @@ import (
 // TestMain lets the test binary play the daemon and the probe: startDaemon
 // and probeMount re-execute /proc/self/exe, which here is the test binary.
 func TestMain(m *testing.M) {
+	if os.Getenv(zombieLeaderEnv) != "" {
+		runZombieLeaderChild()
+	}
 	if isProbeChild() {
 		os.Exit(runProbeChild())
 	}

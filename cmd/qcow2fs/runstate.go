@@ -130,11 +130,22 @@ func readRunState(mountpoint string) *runState {
 }
 
 // alive reports whether the recorded daemon is still running. A zombie
-// counts as gone: it has closed everything, and its reaper (whatever
-// adopted the daemon) may take its time.
+// counts as gone once it is only the zombie: it has closed everything,
+// and its reaper (whatever adopted the daemon) may take its time. But
+// /proc/PID/stat shows the main thread's state, which turns Z as soon as
+// that thread exits, while the process's other threads may still be
+// exiting with its files (and so the images' locks) held; until
+// /proc/PID/task holds the main thread alone, the daemon is alive.
 func (st *runState) alive() bool {
 	state, t, err := procStat(st.PID)
-	return err == nil && t == st.StartTime && state != "Z" && state != "X"
+	if err != nil || t != st.StartTime {
+		return false
+	}
+	if state != "Z" && state != "X" {
+		return true
+	}
+	threads, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", st.PID))
+	return err == nil && len(threads) > 1
 }
 
 // procStartTime reads a process's start time (in clock ticks since boot).
