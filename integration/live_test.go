@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
+	"github.com/qcow2fs/qcow2fs/internal/proc"
 )
 
 // liveStack is qcow2fs → loop device (direct I/O) → ext4, on a fresh image.
@@ -380,7 +381,7 @@ func TestLiveResumeRefusals(t *testing.T) {
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		if !waitUntil(10*time.Second, func() bool { return gone(pid) }) {
+		if !waitUntil(10*time.Second, func() bool { return proc.Gone(pid) }) {
 			t.Fatalf("daemon %d still alive after SIGKILL", pid)
 		}
 		qemuCheckClean(t, img)

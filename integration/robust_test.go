@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
+	"github.com/qcow2fs/qcow2fs/internal/proc"
 )
 
 // TestSigquit: SIGQUIT is handled like SIGTERM — unmount, flush, close,
@@ -36,7 +37,7 @@ func TestSigquit(t *testing.T) {
 	writeAt(t, filepath.Join(mnt, "vm.raw"), payload, 3<<20)
 
 	syscall.Kill(pid, syscall.SIGQUIT)
-	if !waitUntil(20*time.Second, func() bool { _, ok := mounts.Find(mnt); return !ok && gone(pid) }) {
+	if !waitUntil(20*time.Second, func() bool { _, ok := mounts.Find(mnt); return !ok && proc.Gone(pid) }) {
 		t.Fatalf("SIGQUIT did not unmount %s and end daemon %d; log:\n%s", mnt, pid, readFile(logFile))
 	}
 	log := readFile(logFile)
@@ -203,7 +204,7 @@ func TestRunStateSweptAfterKill(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	if !waitUntil(5*time.Second, func() bool { return gone(pid) }) {
+	if !waitUntil(5*time.Second, func() bool { return proc.Gone(pid) }) {
 		t.Fatalf("daemon %d survived SIGKILL", pid)
 	}
 	out := run(t, qcow2fsBin, "status", "--output", "json")

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qcow2fs/qcow2fs/internal/proc"
 	"github.com/qcow2fs/qcow2fs/internal/testenv"
 
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
@@ -168,7 +169,7 @@ func TestRootlessMount(t *testing.T) {
 			if r := asUserEnv(u, c.xdg, bin, "unmount", mnt); r.Code != 0 {
 				t.Fatalf("unmount as %s: %s", u, r)
 			}
-			if !gone(pid) {
+			if !proc.Gone(pid) {
 				t.Errorf("unmount returned before daemon %d exited", pid)
 			}
 			if h := mounts.OpenUnder(img); len(h) > 0 {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
+	"github.com/qcow2fs/qcow2fs/internal/proc"
 )
 
 // statusEntry is one mount of `qcow2fs status --output json`.
@@ -52,27 +53,6 @@ func daemonPID(t *testing.T, mnt string) int {
 		t.Fatalf("qcow2fs status has no daemon pid for %s: %+v", mnt, e)
 	}
 	return e.PID
-}
-
-// gone reports whether pid has exited. A zombie counts once it is the
-// only thread left: it has closed everything. The main thread's Z shows
-// while other threads may still be exiting with the files held (as
-// qcow2fs's own runState.alive knows).
-func gone(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) == 0 {
-		return true
-	}
-	if f[0] != "Z" && f[0] != "X" {
-		return false
-	}
-	threads, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
-	return err != nil || len(threads) <= 1
 }
 
 // waitUntil polls cond for up to d.
@@ -126,7 +106,7 @@ func TestStatus(t *testing.T) {
 	if err := syscall.Kill(ro.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	if !waitUntil(5*time.Second, func() bool { return gone(ro.PID) }) {
+	if !waitUntil(5*time.Second, func() bool { return proc.Gone(ro.PID) }) {
 		t.Fatalf("daemon %d survived SIGKILL", ro.PID)
 	}
 	if e := qcow2fsStatus(t)[roMnt]; e.State != "stale" || e.PID != 0 {
@@ -175,7 +155,7 @@ func TestStatusRightAfterKill(t *testing.T) {
 		if st := qcow2fsStatus(t)[mnt]; st.State != "stale" && st.State != "serving" {
 			t.Fatalf("round %d: status right after SIGKILL of %d: %+v, want stale", i, pid, st)
 		}
-		if !waitUntil(5*time.Second, func() bool { return gone(pid) }) {
+		if !waitUntil(5*time.Second, func() bool { return proc.Gone(pid) }) {
 			t.Fatalf("daemon %d survived SIGKILL", pid)
 		}
 		if st := qcow2fsStatus(t)[mnt]; st.State != "stale" {
@@ -271,7 +251,7 @@ func TestSigterm(t *testing.T) {
 		}
 		f.Close()
 		syscall.Kill(pid, syscall.SIGTERM)
-		if !waitUntil(20*time.Second, func() bool { _, ok := mounts.Find(mnt); return !ok && gone(pid) }) {
+		if !waitUntil(20*time.Second, func() bool { _, ok := mounts.Find(mnt); return !ok && proc.Gone(pid) }) {
 			t.Fatalf("SIGTERM did not unmount %s and end daemon %d; log:\n%s", mnt, pid, readFile(logFile))
 		}
 		qemuCheckClean(t, img)
@@ -290,7 +270,7 @@ func TestSigterm(t *testing.T) {
 		dev := loopAttach(t, filepath.Join(mnt, "vm.raw"))
 		syscall.Kill(pid, syscall.SIGTERM)
 		time.Sleep(time.Second)
-		if _, ok := mounts.Find(mnt); !ok || gone(pid) {
+		if _, ok := mounts.Find(mnt); !ok || proc.Gone(pid) {
 			t.Fatalf("SIGTERM with %s attached: mount or daemon gone (a lazy unmount under a loop device)", dev)
 		}
 		// Still serving: the loop device reads the image.
@@ -309,7 +289,7 @@ func TestSigterm(t *testing.T) {
 		}
 		loopDetach(t, dev)
 		syscall.Kill(pid, syscall.SIGTERM)
-		if !waitUntil(20*time.Second, func() bool { _, ok := mounts.Find(mnt); return !ok && gone(pid) }) {
+		if !waitUntil(20*time.Second, func() bool { _, ok := mounts.Find(mnt); return !ok && proc.Gone(pid) }) {
 			t.Fatalf("second SIGTERM (loop device detached) did not unmount; log:\n%s", readFile(logFile))
 		}
 		qemuCheckClean(t, img)

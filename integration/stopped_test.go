@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
+	"github.com/qcow2fs/qcow2fs/internal/proc"
 )
 
 // prompt is how long a command may take next to a daemon that does not
@@ -24,16 +25,8 @@ const prompt = 8 * time.Second
 
 // procState returns the state letter of /proc/PID/stat ("" if gone).
 func procState(pid int) string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return ""
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) == 0 {
-		return ""
-	}
-	return f[0]
+	state, _, _ := proc.Stat(pid)
+	return state
 }
 
 // stopDaemon SIGSTOPs pid until it shows as stopped; the test's cleanup
@@ -193,7 +186,7 @@ func TestStoppedDaemon(t *testing.T) {
 		t.Fatalf("%s still mounted after qcow2fs unmount", mntA)
 	}
 	syscall.Kill(pid, syscall.SIGCONT)
-	if !waitUntil(20*time.Second, func() bool { return gone(pid) }) {
+	if !waitUntil(20*time.Second, func() bool { return proc.Gone(pid) }) {
 		t.Fatalf("daemon %d did not finish after SIGCONT", pid)
 	}
 	if h := mounts.OpenUnder(a); len(h) > 0 {

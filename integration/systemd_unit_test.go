@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/qcow2fs/qcow2fs/internal/mounts"
+	"github.com/qcow2fs/qcow2fs/internal/proc"
 
 	"github.com/qcow2fs/qcow2fs/internal/unitfile"
 )
@@ -246,7 +247,7 @@ func TestSystemdUnit(t *testing.T) {
 		if _, ok := mounts.Find(mnt); ok {
 			t.Fatalf("ExecStop= returned but %s is still mounted", mnt)
 		}
-		if !gone(pid) {
+		if !proc.Gone(pid) {
 			t.Errorf("ExecStop= returned with the daemon (pid %d) still running: KillMode= would kill it", pid)
 		}
 		if h := mounts.OpenUnder(img); len(h) > 0 {

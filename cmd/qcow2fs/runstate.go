@@ -10,14 +10,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/qcow2fs/qcow2fs/internal/proc"
 )
 
 type runState struct {
@@ -93,7 +93,7 @@ func writeRunState(cfg *mountConfig, suspended bool) {
 	st := runState{PID: os.Getpid(), Mountpoint: cfg.Mountpoint, Source: cfg.FsName, Images: cfg.Images, Mounted: cfg.Mounted, ReadOnly: cfg.ReadOnly,
 		Overlay: cfg.Overlay, Partitions: cfg.Partitions, LogFile: cfg.LogFile, Suspended: suspended,
 		Transport: cfg.transport}
-	st.StartTime, _ = procStartTime(st.PID)
+	_, st.StartTime, _ = proc.Stat(st.PID)
 	b, _ := json.MarshalIndent(st, "", "  ")
 	tmp := path + ".tmp"
 	err := os.WriteFile(tmp, append(b, '\n'), 0o644)
@@ -129,58 +129,18 @@ func readRunState(mountpoint string) *runState {
 	return &st
 }
 
-// alive reports whether the recorded daemon is still running. A zombie
-// counts as gone once it is only the zombie: it has closed everything,
-// and its reaper (whatever adopted the daemon) may take its time. But
-// /proc/PID/stat shows the main thread's state, which turns Z as soon as
-// that thread exits, while the process's other threads may still be
-// exiting with its files (and so the images' locks) held; until
-// /proc/PID/task holds the main thread alone, the daemon is alive.
+// alive reports whether the recorded daemon is still running: not once
+// it has exited (proc.Exited), though its reaper (whatever adopted the
+// daemon) may take its time.
 func (st *runState) alive() bool {
-	state, t, err := procStat(st.PID)
-	if err != nil || t != st.StartTime {
-		return false
-	}
-	if state != "Z" && state != "X" {
-		return true
-	}
-	threads, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", st.PID))
-	return err == nil && len(threads) > 1
-}
-
-// procStartTime reads a process's start time (in clock ticks since boot).
-func procStartTime(pid int) (uint64, error) {
-	_, t, err := procStat(pid)
-	return t, err
-}
-
-// procStat reads a process's state (R, S, Z, ...) and start time from
-// /proc/PID/stat.
-func procStat(pid int) (state string, start uint64, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return "", 0, err
-	}
-	// The command name (field 2) may hold spaces and parentheses: fields
-	// are counted after the last ')'.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return "", 0, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	const startTimeField = 22 - 3 // fields 1 and 2 come before ')', field 3 is f[0]
-	if len(f) <= startTimeField {
-		return "", 0, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	start, err = strconv.ParseUint(f[startTimeField], 10, 64)
-	return f[0], start, err
+	state, t, err := proc.Stat(st.PID)
+	return err == nil && t == st.StartTime && !proc.Exited(st.PID, state)
 }
 
 // stopped reports whether the recorded daemon is stopped (SIGSTOP, or a
 // debugger): it answers nothing until continued.
 func (st *runState) stopped() bool {
-	state, t, err := procStat(st.PID)
+	state, t, err := proc.Stat(st.PID)
 	return err == nil && t == st.StartTime && (state == "T" || state == "t")
 }
 

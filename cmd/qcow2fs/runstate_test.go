@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/qcow2fs/qcow2fs/internal/proc"
 )
 
 // zombieLeaderEnv makes the test binary the child of
@@ -80,12 +82,12 @@ func TestAliveWhileAThreadRemains(t *testing.T) {
 		t.Fatalf("child: %q, %v", line, err)
 	}
 	pid := cmd.Process.Pid
-	start, err := procStartTime(pid)
+	_, start, err := proc.Stat(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
 	st := &runState{PID: pid, StartTime: start}
-	if err := waitFor(10*time.Second, func() bool { s, _, _ := procStat(pid); return s == "Z" }); err != nil {
+	if err := waitFor(10*time.Second, func() bool { s, _, _ := proc.Stat(pid); return s == "Z" }); err != nil {
 		t.Fatal("the child's leader thread never became a zombie")
 	}
 	if !st.alive() {
